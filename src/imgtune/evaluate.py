@@ -1,0 +1,85 @@
+"""Loss, accuracy and top-5 of a model on a split; used by ``train`` each epoch and by ``imgtune evaluate``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, confusion_matrix
+from tqdm.auto import tqdm
+
+from .loader import BadFiles, ImageDataset, check_strict, make_loader
+from .transforms import BatchNormalizer, ImageSpec, eval_transform
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    top5: float
+    count: int
+    predictions: np.ndarray = field(repr=False)
+    targets: np.ndarray = field(repr=False)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy, f"{prefix}top5": self.top5,
+                f"{prefix}count": self.count}
+
+    def confusion(self, num_labels: int) -> np.ndarray:
+        return confusion_matrix(self.targets, self.predictions, labels=list(range(num_labels)))
+
+    def per_class_accuracy(self, num_labels: int) -> list[float | None]:
+        cm = self.confusion(num_labels)
+        totals = cm.sum(axis=1)
+        return [float(cm[i, i] / totals[i]) if totals[i] else None for i in range(num_labels)]
+
+
+@torch.no_grad()
+def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: BadFiles | None = None,
+             desc: str = "eval", progress: bool = True) -> EvalResult:
+    """One pass over ``loader``. Under accelerate, each process evaluates its shard and
+    ``gather_for_metrics`` drops the padding samples, so every image counts exactly once."""
+    model.eval()
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    all_logits, all_targets = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
+        if bad is not None:
+            bad.add(batch.skipped)
+        if len(batch) == 0:
+            continue
+        batch = batch.to(device)
+        logits = model(pixel_values=normalize(batch.pixel_values)).logits.float()
+        labels = batch.labels
+        if accelerator is not None:
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+        all_logits.append(logits.cpu())
+        all_targets.append(labels.cpu())
+    if not all_logits:
+        return EvalResult(float("nan"), 0.0, 0.0, 0, np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    loss = F.cross_entropy(logits, targets).item()
+    top5 = (logits.topk(min(5, logits.shape[1])).indices == targets[:, None]).any(dim=1).float().mean().item()
+    y_true, preds = targets.numpy(), logits.argmax(dim=1).numpy()
+    return EvalResult(loss, float(accuracy_score(y_true, preds)), top5, len(y_true), preds, y_true)
+
+
+def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size: int = 64,
+             num_workers: int | None = None, bad_files: str = "skip", image_column: str | None = None,
+             label_column: str | None = None, progress: bool = True) -> dict:
+    """Evaluate a trained run (adapter or full model directory) on a dataset split."""
+    from .data import load_eval_split
+    from .output import load_run
+
+    run = load_run(output_dir)
+    ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
+    spec = ImageSpec.from_processor(run.processor)
+    if bad_files == "strict":
+        check_strict({"eval": ds}, spec.size)
+    loader = make_loader(ImageDataset(ds, eval_transform(spec), spec.size), batch_size, False, 0, num_workers)
+    bad = BadFiles()
+    result = run_eval(run.model, loader, BatchNormalizer(spec), bad=bad, progress=progress)
+    metrics = result.metrics()
+    metrics.update(per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
+                   bad_files=len(bad), bad_file_names=sorted(bad.reasons))
+    return metrics

@@ -1,0 +1,141 @@
+"""From undecoded dataset rows to uint8 batches: decode, augment, batch, skip bad files.
+
+A bad file never stops a run: the item comes back as a ``Skipped`` marker, the collate
+function drops it from the batch and reports it, and the trainer counts it once.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
+
+from .errors import UserError
+from .images import BadImage, decode_rgb, source_name
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """Rows of ``{"image": <undecoded>, "label": int}`` (or bare sources) -> (uint8 CHW, label)."""
+
+    def __init__(self, rows, transform: Callable, min_side: int | None = None, labels: Sequence[int] | None = None):
+        self.rows = rows
+        self.transform = transform
+        self.min_side = min_side
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        source, label = (row["image"], row["label"]) if isinstance(row, dict) and "image" in row else (row, -1)
+        if self.labels is not None:
+            label = self.labels[index]
+        try:
+            image = decode_rgb(source, self.min_side)
+        except BadImage as err:
+            return Skipped(source_name(source), str(err))
+        return self.transform(F.pil_to_tensor(image)), label, index
+
+
+@dataclass
+class Batch:
+    pixel_values: torch.Tensor  # uint8 NCHW
+    labels: torch.Tensor
+    indices: torch.Tensor
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def pin_memory(self) -> "Batch":
+        self.pixel_values, self.labels = self.pixel_values.pin_memory(), self.labels.pin_memory()
+        return self
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        return Batch(self.pixel_values.to(device, non_blocking=non_blocking), self.labels.to(device, non_blocking=non_blocking),
+                     self.indices, self.skipped)
+
+
+def collate(items) -> Batch:
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    if not good:
+        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                     torch.empty(0, dtype=torch.long), skipped)
+    pixels = torch.stack([it[0] for it in good])
+    return Batch(pixels, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), skipped)
+
+
+class BadFiles:
+    """Files skipped under the ``skip`` policy, each counted once however often it is met."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def add(self, skipped: Sequence[Skipped]) -> None:
+        for s in skipped:
+            self.reasons.setdefault(s.name, s.reason)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def summary(self, shown: int = 5) -> str:
+        names = list(self.reasons)
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return f"skipped {len(names)} unreadable image(s): {', '.join(names[:shown])}{more}"
+
+    def write(self, path: Path) -> None:
+        path.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(self.reasons.items())))
+
+
+def find_bad_files(rows, min_side: int | None = None, workers: int | None = None) -> list[Skipped]:
+    """Decode every image once (threads: PIL releases the GIL while decoding)."""
+    def check(row):
+        source = row["image"] if isinstance(row, dict) else row
+        try:
+            decode_rgb(source, min_side)
+            return None
+        except BadImage as err:
+            return Skipped(source_name(source), str(err))
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers(len(rows))) as pool:
+        return [s for s in pool.map(check, rows, chunksize=64) if s is not None]
+
+
+def check_strict(named_rows: dict, min_side: int | None = None) -> None:
+    """The ``strict`` policy: refuse to start if any image anywhere is unreadable."""
+    bad = [s for rows in named_rows.values() if rows is not None for s in find_bad_files(rows, min_side)]
+    if bad:
+        listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
+        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--bad-files strict): {listing}")
+
+
+def default_workers(num_items: int) -> int:
+    """Loader processes: one per core (up to 8); none for small sets, where starting the
+    workers costs more than it saves."""
+    if num_items < 512:
+        return 0
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
+                pin_memory: bool = False) -> DataLoader:
+    workers = default_workers(len(dataset)) if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+        collate_fn=collate, pin_memory=pin_memory, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

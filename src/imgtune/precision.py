@@ -1,0 +1,28 @@
+"""Pick the autocast dtype: measured rules, not hopes."""
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them CPU bf16 autocast is emulated and was measured ~70x
+    slower than fp32 for a ViT-B/16 training step on a CI machine; with AMX it was ~2x faster."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto``/``fp32``/``bf16``/``fp16`` -> accelerate's mixed_precision value (no, bf16, fp16)."""
+    if precision == "fp32":
+        return "no"
+    if precision == "auto":
+        if device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device_type == "cpu" and cpu_has_native_bf16():
+            return "bf16"
+        return "no"
+    if precision == "fp16" and device_type == "cpu":
+        raise UserError("fp16 mixed precision needs a GPU: use --precision bf16 or fp32 on a CPU")
+    return precision

@@ -1,0 +1,82 @@
+"""Classify images with a trained run: batched, top-k labels with probabilities."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import UserError
+from .images import BadImage, decode_rgb, list_images
+from .loader import ImageDataset, make_loader
+from .output import LoadedRun, load_run
+from .transforms import BatchNormalizer, ImageSpec, eval_transform
+
+
+class Predictor:
+    """A loaded run plus its eval preprocessing; reused by the CLI, the server and benchmarks."""
+
+    def __init__(self, run: LoadedRun, device: str | None = None):
+        self.run = run
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = run.model.to(self.device).eval()
+        self.spec = ImageSpec.from_processor(run.processor)
+        self.transform = eval_transform(self.spec)
+        self.normalize = BatchNormalizer(self.spec).to(self.device)
+
+    @classmethod
+    def from_dir(cls, output_dir: str | Path, device: str | None = None) -> "Predictor":
+        return cls(load_run(output_dir), device)
+
+    @torch.no_grad()
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW batch (already resized/cropped) -> class probabilities."""
+        logits = self.model(pixel_values=self.normalize(pixels.to(self.device))).logits
+        return logits.float().softmax(dim=-1).cpu()
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
+        scores, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[{"label": self.run.labels[i], "score": round(float(s), 6)} for s, i in zip(srow, irow)]
+                for srow, irow in zip(scores.tolist(), indices.tolist())]
+
+    def predict(self, sources: Sequence[Any], top_k: int = 5, batch_size: int = 32,
+                num_workers: int | None = None) -> tuple[list[dict], list[dict]]:
+        """(results, skipped): one result per readable source, in order; unreadable ones skipped."""
+        loader = make_loader(ImageDataset(list(sources), self.transform, self.spec.size), batch_size, False, 0, num_workers)
+        results, skipped = [], []
+        for batch in loader:
+            skipped += [{"image": s.name, "error": s.reason} for s in batch.skipped]
+            if len(batch):
+                tops = self.top_k(self.probabilities(batch.pixel_values), top_k)
+                results += [{"image": str(sources[i]), "predictions": t} for i, t in zip(batch.indices.tolist(), tops)]
+        return results, skipped
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(explicit files, files found in folders). Missing paths are an error."""
+    explicit, found = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [str(p) for p in list_images(path)]
+        elif path.is_file():
+            explicit.append(str(path))
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return explicit, found
+
+
+def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch_size: int = 32,
+            bad_files: str = "skip", predictor: Predictor | None = None) -> tuple[list[dict], list[dict]]:
+    """Predict images and folders. A file named explicitly must be readable (else UserError);
+    unreadable files found in folders are skipped and returned, or refused under ``strict``."""
+    explicit, found = expand_inputs(inputs)
+    for path in explicit + (found if bad_files == "strict" else []):
+        try:
+            decode_rgb(path)
+        except BadImage as err:
+            raise UserError(f"cannot read image {path}: {err}") from None
+    if not explicit and not found:
+        raise UserError(f"no images in {', '.join(inputs)}")
+    predictor = predictor or Predictor.from_dir(output_dir)
+    return predictor.predict(explicit + found, top_k, batch_size)

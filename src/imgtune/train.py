@@ -1,0 +1,224 @@
+"""The training recipe, top to bottom: data -> model + adapter -> accelerate loop -> output dir.
+
+The loop is written out (no Trainer) so that AdaLoRA's ``update_and_allocate`` runs after
+every optimizer step, bad files are skipped and counted, and ``accelerate launch`` scales it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .config import TrainConfig
+from .data import load_splits
+from .evaluate import EvalResult, run_eval
+from .loader import BadFiles, ImageDataset, check_strict, make_loader
+from .methods import get_method
+from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
+from .output import METRICS, RUN_CONFIG, adapter_bytes, save_run
+from .precision import resolve_precision
+from .transforms import BatchNormalizer, ImageSpec, eval_transform, train_transform
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    model: torch.nn.Module
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    trackers = resolve_trackers(cfg.report_to)
+    return Accelerator(
+        mixed_precision=resolve_precision(cfg.precision, device_type),
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=trackers or None,
+        project_dir=str(Path(cfg.output_dir) / "logs") if trackers else None,
+    )
+
+
+def resolve_trackers(report_to: str) -> list[str]:
+    if report_to == "none":
+        return []
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return []
+        return ["tensorboard"]
+    return [t.strip() for t in report_to.split(",") if t.strip()]
+
+
+def is_adalora(model: torch.nn.Module) -> bool:
+    return isinstance(model, peft.PeftModel) and isinstance(model.base_model, peft.AdaLoraModel)
+
+
+def snapshot_trainable(model: torch.nn.Module) -> dict:
+    """Trainable weights (and AdaLoRA's rank pattern) of the best epoch, kept on the CPU."""
+    state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    if is_adalora(model):
+        state["__rank_pattern__"] = model.peft_config[model.active_adapter].rank_pattern
+    return state
+
+
+def restore_trainable(model: torch.nn.Module, state: dict) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
+    if is_adalora(model):
+        model.peft_config[model.active_adapter].rank_pattern = state["__rank_pattern__"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def epoch_table(history: list[dict]) -> str:
+    lines = ["Epoch | Training Loss | Validation Loss | Accuracy", "------|---------------|-----------------|---------"]
+    for row in history:
+        lines.append(f"{row['epoch']:<5} | {row['train_loss']:<13.6f} | {row['eval_loss']:<15.6f} | {row['eval_accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    started = time.perf_counter()
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    accelerator = make_accelerator(cfg)
+    say = accelerator.print
+    progress = cfg.progress and accelerator.is_local_main_process
+
+    # data
+    data = load_splits(cfg)
+    say(f"data: {cfg.dataset}: {data.summary()}")
+    processor = load_processor(cfg.model, load_model_config(cfg.model))
+    spec = ImageSpec.from_processor(processor, cfg.image_size)
+    if cfg.bad_files == "strict":
+        check_strict({"train": data.train, "validation": data.validation, "test": data.test}, spec.size)
+    pin = accelerator.device.type == "cuda"
+    train_loader = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
+                               cfg.batch_size, True, cfg.seed, cfg.num_workers, pin)
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    eval_loaders = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), eval_bs, False, cfg.seed,
+                                      cfg.num_workers, pin)
+                    for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
+
+    # model + adapter
+    batches_per_process = math.ceil(len(data.train) / (cfg.batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_process / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    method = get_method(cfg.method)
+    model = apply_method(load_base_model(cfg.model, data.labels), method, cfg, total_steps)
+    trainable, total = count_parameters(model)
+    say(parameter_report(model))
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    # accelerate steps a prepared scheduler once per process, so it is sized for all of them
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
+                              num_training_steps=total_steps * accelerator.num_processes)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    normalize = BatchNormalizer(spec).to(accelerator.device)
+    accelerator.init_trackers("imgtune", config={k: v for k, v in cfg.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+
+    # loop
+    bad = BadFiles()
+    history: list[dict] = []
+    best_acc, best_state, best_epoch = -1.0, None, 0
+    global_step, images_seen, train_seconds = 0, 0, 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        epoch_started = time.perf_counter()
+        loss_sum, loss_count, window = 0.0, 0, []
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if progress else True, leave=False)
+        for batch in bar:
+            bad.add(batch.skipped)
+            if len(batch) == 0:
+                continue
+            with accelerator.accumulate(model):
+                loss = model(pixel_values=normalize(batch.pixel_values), labels=batch.labels).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    if is_adalora(accelerator.unwrap_model(model)):
+                        # Trainer never does this; without it AdaLoRA keeps init_r everywhere
+                        accelerator.unwrap_model(model).base_model.update_and_allocate(global_step)
+                optimizer.zero_grad()
+            images_seen += len(batch) * accelerator.num_processes
+            loss_sum += loss.item()
+            loss_count += 1
+            window.append(loss.item())
+            if accelerator.sync_gradients and global_step % cfg.logging_steps == 0:
+                lr = scheduler.get_last_lr()[0]
+                accelerator.log({"train/loss": sum(window) / len(window), "train/lr": lr}, step=global_step)
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}")
+                window = []
+        train_seconds += time.perf_counter() - epoch_started
+
+        val = run_eval(model, eval_loaders["validation"], normalize, accelerator, bad, "validation", progress)
+        row = {"epoch": epoch, "step": global_step, "train_loss": loss_sum / max(loss_count, 1),
+               **val.metrics("eval_"), "lr": scheduler.get_last_lr()[0]}
+        history.append(row)
+        accelerator.log({"eval/loss": val.loss, "eval/accuracy": val.accuracy, "eval/top5": val.top5}, step=global_step)
+        say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val.loss:.4f}, "
+            f"val accuracy {val.accuracy:.4f}, top-5 {val.top5:.4f}")
+        if val.accuracy > best_acc:
+            best_acc, best_epoch = val.accuracy, epoch
+            best_state = snapshot_trainable(accelerator.unwrap_model(model))
+
+    # best epoch back, final figures, output dir
+    model = accelerator.unwrap_model(model)
+    restore_trainable(model, best_state)
+    final_val = run_eval(model, eval_loaders["validation"], normalize, accelerator, None, "validation", progress)
+    test = run_eval(model, eval_loaders["test"], normalize, accelerator, bad, "test", progress) \
+        if "test" in eval_loaders else None
+    say(epoch_table(history))
+    if len(bad):
+        say(bad.summary())
+    metrics = {
+        "method": method.name, "model": cfg.model, "dataset": cfg.dataset, "labels": data.labels,
+        "precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
+        "history": history, "best_epoch": best_epoch,
+        "validation": final_val.metrics(), "test": test.metrics() if test else None,
+        "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total,
+        "train_images_per_s": images_seen / train_seconds if train_seconds else 0.0,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "bad_files": len(bad), "bad_file_names": sorted(bad.reasons),
+        "splits": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test) if data.test else 0},
+    }
+    evaluated = test or final_val
+    metrics["confusion_matrix"] = evaluated.confusion(len(data.labels)).tolist()
+    metrics["per_class_accuracy"] = evaluated.per_class_accuracy(len(data.labels))
+    if accelerator.is_main_process:
+        save_run(out, model, processor)
+        cfg.save(out / RUN_CONFIG)
+        if len(bad):
+            bad.write(out / "bad_files.txt")
+        metrics["adapter_bytes"] = adapter_bytes(out)
+        metrics["wall_time_s"] = time.perf_counter() - started
+        (out / METRICS).write_text(json.dumps(metrics, indent=2))
+        say(f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; "
+            f"saved to {out} ({metrics['adapter_bytes'] / 1e6:.2f} MB of weights)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out, metrics, model)
