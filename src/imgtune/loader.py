@@ -139,3 +139,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
         collate_fn=collate, pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The training loader (augmented, shuffled) and the validation/test loaders of a run."""
+    from .transforms import eval_transform, train_transform
+
+    train = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
+                        cfg.batch_size, True, cfg.seed, cfg.num_workers, pin_memory)
+    evals = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), cfg.eval_batch_size or cfg.batch_size,
+                               False, cfg.seed, cfg.num_workers, pin_memory)
+             for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
+    return train, evals

@@ -101,8 +101,9 @@ def fit_adalora_schedule(tinit: int, tfinal: int, total_steps: int) -> tuple[int
 def _adalora(a: AdapterArgs) -> peft.AdaLoraConfig:
     opts = dict(a.options)
     tinit, tfinal = fit_adalora_schedule(int(opts.pop("tinit", 200)), int(opts.pop("tfinal", 1000)), a.total_steps)
+    # AdaLoraConfig ignores ``r``: the average rank budget is ``target_r``
     return peft.AdaLoraConfig(
-        r=a.rank, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
+        target_r=a.rank, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
         modules_to_save=a.head_modules, total_step=a.total_steps, tinit=tinit, tfinal=tfinal,
         init_r=int(opts.pop("init_r", 12)), deltaT=int(opts.pop("deltaT", 10)), **opts,
     )

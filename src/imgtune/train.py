@@ -22,12 +22,12 @@ from transformers import get_scheduler
 from .config import TrainConfig
 from .data import load_splits
 from .evaluate import EvalResult, run_eval
-from .loader import BadFiles, ImageDataset, check_strict, make_loader
+from .loader import BadFiles, build_loaders, check_strict
 from .methods import get_method
 from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
 from .output import METRICS, RUN_CONFIG, adapter_bytes, save_run
 from .precision import resolve_precision
-from .transforms import BatchNormalizer, ImageSpec, eval_transform, train_transform
+from .transforms import BatchNormalizer, ImageSpec
 
 
 @dataclass
@@ -109,13 +109,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     spec = ImageSpec.from_processor(processor, cfg.image_size)
     if cfg.bad_files == "strict":
         check_strict({"train": data.train, "validation": data.validation, "test": data.test}, spec.size)
-    pin = accelerator.device.type == "cuda"
-    train_loader = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
-                               cfg.batch_size, True, cfg.seed, cfg.num_workers, pin)
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    eval_loaders = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), eval_bs, False, cfg.seed,
-                                      cfg.num_workers, pin)
-                    for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
+    train_loader, eval_loaders = build_loaders(cfg, data, spec, pin_memory=accelerator.device.type == "cuda")
 
     # model + adapter
     batches_per_process = math.ceil(len(data.train) / (cfg.batch_size * accelerator.num_processes))
