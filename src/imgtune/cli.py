@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that live in their own modules: each has ``add_command(subparsers)`` and keeps
 # its heavy imports inside the command function, so ``imgtune --help`` stays quick.
 COMMAND_MODULES: tuple[str, ...] = (
+    "imgtune.compare",
 )
 
 

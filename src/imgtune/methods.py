@@ -122,7 +122,10 @@ def _oft(a: AdapterArgs) -> peft.OFTConfig:
 
 
 def _boft(a: AdapterArgs) -> peft.BOFTConfig:
-    opts = {"boft_n_butterfly_factor": 2, **a.options}
+    # One butterfly factor: without its CUDA extension (every CPU, most GPU installs) peft builds
+    # factor 1 whatever the config says, and an adapter saved with factor 2 would then not load
+    # on a machine where the extension does build. 1 keeps saved configs and weights in agreement.
+    opts = {"boft_n_butterfly_factor": 1, **a.options}
     return peft.BOFTConfig(boft_block_size=a.rank, boft_dropout=a.dropout, target_modules=a.target_modules,
                            modules_to_save=a.head_modules, **opts)
 

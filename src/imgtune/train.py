@@ -26,7 +26,9 @@ from .loader import BadFiles, build_loaders, check_strict
 from .methods import get_method
 from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
 from .output import METRICS, RUN_CONFIG, adapter_bytes, save_run
+from .plots import write_run_plots
 from .precision import resolve_precision
+from .tracking import resolve_trackers
 from .transforms import BatchNormalizer, ImageSpec
 
 
@@ -39,25 +41,14 @@ class TrainResult:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    trackers = resolve_trackers(cfg.report_to)
+    logs = Path(cfg.output_dir) / "logs"
+    trackers = resolve_trackers(cfg.report_to, logs)  # checked: accelerate silently drops missing trackers
     return Accelerator(
         mixed_precision=resolve_precision(cfg.precision, device_type),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=trackers or None,
-        project_dir=str(Path(cfg.output_dir) / "logs") if trackers else None,
+        project_dir=str(logs) if trackers else None,
     )
-
-
-def resolve_trackers(report_to: str) -> list[str]:
-    if report_to == "none":
-        return []
-    if report_to == "auto":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return []
-        return ["tensorboard"]
-    return [t.strip() for t in report_to.split(",") if t.strip()]
 
 
 def is_adalora(model: torch.nn.Module) -> bool:
@@ -211,6 +202,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         metrics["adapter_bytes"] = adapter_bytes(out)
         metrics["wall_time_s"] = time.perf_counter() - started
         (out / METRICS).write_text(json.dumps(metrics, indent=2))
+        write_run_plots(out, metrics)
         say(f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; "
             f"saved to {out} ({metrics['adapter_bytes'] / 1e6:.2f} MB of weights)")
     accelerator.wait_for_everyone()

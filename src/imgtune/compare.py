@@ -1,0 +1,244 @@
+"""``imgtune compare``: train several methods on the same data, split and seed, then report.
+
+Each method is an ordinary ``imgtune train`` run into DIR/<method>/, started as its own
+process one after another: every run then has its own peak-memory figure (a process's
+peak RSS cannot be reset) and a crash or out-of-memory in one method leaves the others
+standing. A method counts as finished when DIR/<method>/metrics.json carries the hash of
+the configuration it would be trained with now, so an interrupted comparison re-run with
+the same flags skips what is done and trains the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import add_train_flags, config_from_args, csv_list
+from .errors import UserError
+
+COMPARE_JSON = "compare.json"
+CONFIGS_DIR = "configs"
+DEFAULT_OUTPUT = "runs/compare"
+DEMO_OUTPUT = "imgtune-compare-demo"
+# settings that do not change what a run learns: they stay out of the config hash
+BOOKKEEPING = ("method", "output_dir", "progress", "logging_steps", "report_to", "save_steps", "save_total_limit",
+               "resume", "push_to_hub", "num_workers", "cache")
+
+
+@dataclass
+class Plan:
+    shared: "TrainConfig"  # noqa: F821 - the config every method shares (method/output_dir are set per method)
+    methods: list[str]
+    output_dir: Path
+    title: str
+    rerun: bool = False
+
+
+# --- config identity -------------------------------------------------------------------------
+
+
+def model_fingerprint(model: str) -> list:
+    """A local model directory is identified by its weight and config files (name, size, mtime),
+    so retraining the demo backbone in place makes every method stale; a hub id by its name."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return [model]
+    files = sorted(p for p in path.iterdir()
+                   if (p.suffix in (".safetensors", ".bin") or p.name == "config.json") and p.is_file())
+    return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def shared_hash(cfg) -> str:
+    values = {k: v for k, v in cfg.to_dict().items() if k not in BOOKKEEPING}
+    values["model"] = model_fingerprint(cfg.model)
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def method_hash(cfg, method: str) -> str:
+    return hashlib.sha256(f"{shared_hash(cfg)}:{method}".encode()).hexdigest()[:16]
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished_metrics(run_dir: Path, expected_hash: str) -> dict | None:
+    metrics = read_metrics(run_dir)
+    return metrics if metrics is not None and metrics.get("config_hash") == expected_hash else None
+
+
+# --- running one method ------------------------------------------------------------------------
+
+
+def train_in_subprocess(cfg, config_path: Path) -> str | None:
+    """``imgtune train --config config_path`` as a child process; None on success, else why it failed.
+    The child's output goes straight through; the tail of stderr is kept for the error line."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.save(config_path)
+    cmd = [sys.executable, "-m", "imgtune", "train", "--config", str(config_path)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tail = b""
+    try:
+        while chunk := os.read(proc.stderr.fileno(), 4096):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            tail = (tail + chunk)[-8192:]
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # the child got the same SIGINT and stops itself
+        raise
+    if code in (130, -2):
+        raise KeyboardInterrupt
+    if code == 0:
+        return None
+    lines = [l.strip() for l in tail.decode(errors="replace").replace("\r", "\n").splitlines() if l.strip()]
+    errors = [l.removeprefix("imgtune: error: ") for l in lines if l.startswith("imgtune: error:")]
+    return errors[-1] if errors else f"exit status {code}: {lines[-1] if lines else 'no output'}"
+
+
+def run_method(cfg, run_dir: Path, config_path: Path, expected_hash: str, rerun: bool) -> tuple[dict | None, str | None, bool]:
+    """(metrics, error, reused) for one method: reuse a finished run or train it now."""
+    if not rerun and (done := finished_metrics(run_dir, expected_hash)) is not None:
+        return done, None, True
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # a stale run must not look finished if this one stops
+    error = train_in_subprocess(cfg, config_path)
+    if error:
+        return None, error, False
+    metrics = read_metrics(run_dir)
+    if metrics is None:
+        return None, f"the run wrote no metrics.json in {run_dir}", False
+    metrics["config_hash"] = expected_hash  # written last: the marker that this method is finished
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics, None, False
+
+
+# --- the comparison ----------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (GPU)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU, {cores} core(s), {torch.get_num_threads()} torch thread(s)"
+
+
+def report_settings(cfg, methods: list[str]) -> dict:
+    return {
+        "model": cfg.model, "dataset": cfg.dataset, "methods": methods, "epochs": cfg.epochs,
+        "batch size": cfg.batch_size * cfg.grad_accum, "learning rate": cfg.lr, "seed": cfg.seed,
+        "precision": cfg.precision, "device": device_name(),
+        "adapter shape": "each method's ViT default (imgtune methods)" if cfg.rank is None and not cfg.target_modules
+        else f"rank {cfg.rank}, targets {cfg.target_modules}",
+    }
+
+
+def compare(plan: Plan):
+    """Train each method of the plan (or reuse it), then write report.md and report.html."""
+    from .methods import get_method
+    from .report import MethodRun, write_report
+
+    for name in plan.methods:
+        get_method(name)  # unknown names fail before anything trains
+    out = plan.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"shared_config_hash": shared_hash(plan.shared), "methods": plan.methods,
+                "config": {k: v for k, v in plan.shared.to_dict().items() if k not in ("method", "output_dir")}}
+    (out / COMPARE_JSON).write_text(json.dumps(manifest, indent=2, default=str))
+    runs: list[MethodRun] = []
+    try:
+        for i, name in enumerate(plan.methods, 1):
+            run_dir = out / name
+            cfg = plan.shared.replace(method=name, output_dir=str(run_dir))
+            print(f"== compare {i}/{len(plan.methods)}: {name} -> {run_dir}", flush=True)
+            metrics, error, reused = run_method(cfg, run_dir, out / CONFIGS_DIR / f"{name}.yaml",
+                                                method_hash(plan.shared, name), plan.rerun)
+            if reused:
+                print(f"   already finished with this config: reusing {run_dir}", flush=True)
+            elif error:
+                print(f"   {name} failed: {error}", file=sys.stderr, flush=True)
+            runs.append(MethodRun(name, metrics, error, reused))
+    finally:  # an interrupted comparison still reports what finished
+        done = {r.name for r in runs}
+        runs += [MethodRun(n, error="not run: the comparison was interrupted") for n in plan.methods if n not in done]
+        md, page = write_report(out, runs, report_settings(plan.shared, plan.methods), plan.title)
+        print(f"report: {md} and {page}", flush=True)
+    return runs
+
+
+# --- the demo ----------------------------------------------------------------------------------
+
+
+def demo_plan(out: Path, overrides: dict) -> "TrainConfig":  # noqa: F821
+    """The demo's data and settings (digits 5-9 on the demo backbone), each method with its own
+    default shape; the backbone (full training on digits 0-4) is trained once and reused."""
+    from .demo import demo_configs, write_untrained_backbone
+
+    backbone_cfg, adapter_cfg = demo_configs(out)
+    if not (out / "untrained" / "config.json").is_file():  # rewriting it would make the backbone stale
+        write_untrained_backbone(out / "untrained")
+    print("== compare: the demo backbone (a compact ViT trained fully on digits 0-4)", flush=True)
+    _, error, reused = run_method(backbone_cfg, Path(backbone_cfg.output_dir), out / CONFIGS_DIR / "backbone.yaml",
+                                  method_hash(backbone_cfg, "backbone"), False)
+    if error:
+        raise UserError(f"the demo backbone failed to train: {error}")
+    if reused:
+        print(f"   reusing {backbone_cfg.output_dir}", flush=True)
+    shared = adapter_cfg.replace(rank=None, alpha=None, dropout=None, target_modules=None)
+    return shared.replace(**overrides)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if "method" in vars(args):
+        raise UserError("compare takes --methods (comma-separated, e.g. lora,loha), not --method")
+    from .config import TrainConfig
+    from .methods import METHODS
+
+    methods = args.methods or list(METHODS)
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {','.join(methods)}")
+    extra = ("methods", "demo", "rerun")
+    if args.demo:
+        if args.config:
+            raise UserError("--demo brings its own model and data: drop --config, or drop --demo and pass --config")
+        out = Path(getattr(args, "output_dir", DEMO_OUTPUT))
+        overrides = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "output_dir", *extra)}
+        shared = demo_plan(out, overrides)
+        title = "imgtune compare: demo (digits 5-9 on a ViT trained on digits 0-4)"
+    else:
+        shared = config_from_args(args, exclude=extra)
+        given = "output_dir" in vars(args) or shared.output_dir != TrainConfig.output_dir  # flag or YAML
+        out = Path(shared.output_dir if given else DEFAULT_OUTPUT)
+        title = f"imgtune compare: {Path(shared.dataset).name} on {Path(shared.model).name}"
+    runs = compare(Plan(shared, methods, out, title, args.rerun))
+    failed = [r for r in runs if r.metrics is None]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} methods did not finish: "
+                        + "; ".join(f"{r.name} ({r.error})" for r in failed))
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("compare", help="train several methods on the same data and write a comparison report",
+                       description="Train each method on the same data, split and seed into OUTPUT_DIR/<method>/, "
+                                   "then write OUTPUT_DIR/report.md and a self-contained OUTPUT_DIR/report.html. "
+                                   "Re-running skips methods already finished with the same settings.")
+    p.add_argument("--methods", type=csv_list, default=None,
+                   help="comma-separated methods to compare (default: all; see `imgtune methods`)")
+    p.add_argument("--demo", action="store_true",
+                   help="offline: the demo's backbone and digits 5-9 (default --output-dir imgtune-compare-demo)")
+    p.add_argument("--rerun", action="store_true", help="train every method again, even those already finished")
+    add_train_flags(p)
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,106 @@
+"""Every method: train -> save -> reload -> predict identically -> merge; and its ViT-B/16 shape."""
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from imgtune.config import TrainConfig
+from imgtune.loader import ImageDataset, make_loader
+from imgtune.methods import METHODS, get_method
+from imgtune.model import apply_method, count_parameters
+from imgtune.output import LoadedRun, load_run
+from imgtune.predict import Predictor
+from imgtune.train import train
+
+ALL_METHODS = list(METHODS)
+
+
+def pixel_batch(predictor: Predictor, paths: list[str]) -> torch.Tensor:
+    """The uint8 batch Predictor.predict would feed the model (eval transform)."""
+    loader = make_loader(ImageDataset(paths, predictor.transform, predictor.spec.size), len(paths), False, 0, 0)
+    return next(iter(loader)).pixel_values
+
+
+@pytest.fixture(scope="module")
+def sample_images(colour_folder) -> list[str]:
+    return [str(p) for p in sorted(colour_folder.rglob("*_[0-1].*"))]  # 2 per class, JPEG and PNG
+
+
+def test_every_registered_method_is_tested():
+    assert set(ALL_METHODS) == {"lora", "dora", "loha", "lokr", "adalora", "vera", "oft", "boft", "ia3", "full", "linear"}
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_train_save_reload_predict_merge(tmp_path, tiny_vit, colour_folder, sample_images, method):
+    out = tmp_path / method
+    result = train(tiny_train_config(tiny_vit, colour_folder, out, method=method, epochs=1))
+    saved = load_run(out)
+    assert saved.is_adapter == get_method(method).is_adapter
+
+    # the model in memory after training and the one reloaded from disk give the same probabilities
+    in_memory = Predictor(LoadedRun(result.model, saved.processor, saved.labels, saved.is_adapter, out), device="cpu")
+    reloaded = Predictor(saved, device="cpu")
+    pixels = pixel_batch(reloaded, sample_images)
+    p_mem, p_disk = in_memory.probabilities(pixels), reloaded.probabilities(pixels)
+    assert torch.equal(p_mem.argmax(1), p_disk.argmax(1))
+    torch.testing.assert_close(p_disk, p_mem, rtol=0, atol=1e-6)
+    assert in_memory.predict(sample_images, top_k=3) == reloaded.predict(sample_images, top_k=3)
+
+    # merging folds the adapter into the base weights: a plain transformers model, same logits
+    if not saved.is_adapter:
+        # full/linear save a plain model: there is no adapter to merge, the directory already is the merged model
+        assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+        return
+    with torch.no_grad():
+        unmerged = saved.model(pixel_values=reloaded.normalize(pixels)).logits
+        merged_model = saved.model.merge_and_unload()
+        merged = merged_model(pixel_values=reloaded.normalize(pixels)).logits
+    assert type(merged_model).__name__ == "ViTForImageClassification"
+    assert not any("lora_" in n or "oft_" in n or "boft_" in n or "ia3_" in n or "vera_" in n or "hada_" in n
+                   or "lokr_" in n for n, _ in merged_model.named_parameters())
+    torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-4)
+
+
+def test_boft_adapters_are_portable(tmp_path, tiny_vit, colour_folder):
+    """peft builds BOFT with one butterfly factor whenever its CUDA extension is missing, whatever the
+    config says; the default is 1 so the saved config matches the weights on every machine."""
+    train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "boft", method="boft", epochs=1))
+    saved = json.loads((tmp_path / "boft" / "adapter_config.json").read_text())
+    assert saved["boft_n_butterfly_factor"] == 1 and saved["boft_block_size"] == get_method("boft").rank
+
+
+# --- ViT-B/16 (the seeds' model) built from its config: the defaults fit and count as documented ---
+
+HEAD = 768 * 101 + 101  # the 101-class Food-101 head, trained and saved with every adapter
+TARGETS = 12 * 2  # query and value in 12 layers
+VIT_B16_TRAINABLE = {
+    "lora": 667_493,  # the seeds' figures (r=16 on query/value)
+    "loha": 1_257_317,
+    "lokr": 116_069,
+    "adalora": 520_325,
+    "dora": 667_493 + TARGETS * 768,  # LoRA + a magnitude per output feature
+    "vera": HEAD + TARGETS * (256 + 768),  # lambda_d (r) + lambda_b (out) per layer
+    "oft": HEAD + TARGETS * (768 // 16) * (16 * 15 // 2),  # skew-symmetric 16x16 blocks
+    "boft": HEAD + TARGETS * ((768 // 4) * 4 * 4 + 768),  # one butterfly factor of 4x4 blocks + scale
+    "ia3": HEAD + 12 * (768 + 768 + 3072),  # key and value outputs, fc2 input
+    "full": 85_876_325,
+    "linear": HEAD,
+}
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(num_labels=101))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_vit_b16_defaults(vit_b16, method):
+    model = apply_method(copy.deepcopy(vit_b16), get_method(method), TrainConfig(method=method), total_steps=2950)
+    trainable, total = count_parameters(model)
+    assert trainable == VIT_B16_TRAINABLE[method]
+    assert total >= 85_876_325
