@@ -1,12 +1,19 @@
 """The comparison report: Markdown + one self-contained HTML file, from real runs' metrics.json."""
 import base64
 import io
+import shutil
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import read_metrics
 from imgtune.report import MethodRun, write_report
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
 
 
 class Collect(HTMLParser):
@@ -52,6 +59,19 @@ def test_report_from_real_runs(tmp_path, lora_run):
 
 
 def test_report_with_nothing_finished(tmp_path):
-    md, page = write_report(tmp_path, [MethodRun("lora", error="not run: the comparison was interrupted")], {}, "t")
-    assert "| lora | not run: the comparison was interrupted |" in md.read_text()
+    md, page = write_report(tmp_path, [MethodRun("lora", error="not finished: the comparison was interrupted")], {}, "t")
+    assert "| lora | not finished: the comparison was interrupted |" in md.read_text()
     assert_self_contained(page.read_text(), expected_images=0)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_renders_in_a_real_browser(tmp_path, lora_run):
+    """scripts/screenshot_report.sh: headless Chromium, offline, renders the page to a PNG."""
+    _, page = write_report(tmp_path, [MethodRun("lora", read_metrics(lora_run))], {"model": "tiny"}, "browser check")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(["bash", str(SCRIPT), str(page), str(shot), "1000"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    image = Image.open(shot)
+    assert image.width == 1000 and image.height > 1000  # table and figures laid out, blank tail trimmed
+    grey = np.asarray(image.convert("L"))
+    assert grey.std() > 10  # not a blank or error page

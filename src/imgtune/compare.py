@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import add_train_flags, config_from_args, csv_list
+from .config import TrainConfig  # light (yaml only): the CLI imports this module for every command
 from .errors import UserError
 
 COMPARE_JSON = "compare.json"
@@ -32,7 +33,7 @@ BOOKKEEPING = ("method", "output_dir", "progress", "logging_steps", "report_to",
 
 @dataclass
 class Plan:
-    shared: "TrainConfig"  # noqa: F821 - the config every method shares (method/output_dir are set per method)
+    shared: TrainConfig  # what every method shares; method and output_dir are set per method
     methods: list[str]
     output_dir: Path
     title: str
@@ -134,8 +135,9 @@ def device_name() -> str:
 
 def report_settings(cfg, methods: list[str]) -> dict:
     return {
-        "model": cfg.model, "dataset": cfg.dataset, "methods": methods, "epochs": cfg.epochs,
-        "batch size": cfg.batch_size * cfg.grad_accum, "learning rate": cfg.lr, "seed": cfg.seed,
+        "model": cfg.model, "dataset": cfg.dataset, "classes": cfg.classes, "methods": methods, "epochs": cfg.epochs,
+        "batch size": f"{cfg.batch_size}" + (f" x {cfg.grad_accum} accumulation steps" if cfg.grad_accum > 1 else ""),
+        "learning rate": cfg.lr, "seed": cfg.seed,
         "precision": cfg.precision, "device": device_name(),
         "adapter shape": "each method's ViT default (imgtune methods)" if cfg.rank is None and not cfg.target_modules
         else f"rank {cfg.rank}, targets {cfg.target_modules}",
@@ -169,7 +171,7 @@ def compare(plan: Plan):
             runs.append(MethodRun(name, metrics, error, reused))
     finally:  # an interrupted comparison still reports what finished
         done = {r.name for r in runs}
-        runs += [MethodRun(n, error="not run: the comparison was interrupted") for n in plan.methods if n not in done]
+        runs += [MethodRun(n, error="not finished: the comparison was interrupted") for n in plan.methods if n not in done]
         md, page = write_report(out, runs, report_settings(plan.shared, plan.methods), plan.title)
         print(f"report: {md} and {page}", flush=True)
     return runs
@@ -178,7 +180,7 @@ def compare(plan: Plan):
 # --- the demo ----------------------------------------------------------------------------------
 
 
-def demo_plan(out: Path, overrides: dict) -> "TrainConfig":  # noqa: F821
+def demo_plan(out: Path, overrides: dict) -> TrainConfig:
     """The demo's data and settings (digits 5-9 on the demo backbone), each method with its own
     default shape; the backbone (full training on digits 0-4) is trained once and reused."""
     from .demo import demo_configs, write_untrained_backbone
@@ -203,7 +205,6 @@ def demo_plan(out: Path, overrides: dict) -> "TrainConfig":  # noqa: F821
 def cmd_compare(args: argparse.Namespace) -> int:
     if "method" in vars(args):
         raise UserError("compare takes --methods (comma-separated, e.g. lora,loha), not --method")
-    from .config import TrainConfig
     from .methods import METHODS
 
     methods = args.methods or list(METHODS)

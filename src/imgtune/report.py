@@ -70,7 +70,7 @@ def table_rows(runs: list[MethodRun]) -> tuple[list[str], list[list[str]]]:
         m = run.metrics
         if m is None:
             why = run.error or "no metrics"
-            rows.append([run.name, why if why.startswith("not run") else f"failed: {why}"] + [""] * (len(header) - 2))
+            rows.append([run.name, why if why.startswith("not finished") else f"failed: {why}"] + [""] * (len(header) - 2))
             continue
         rows.append([
             run.name, f"{m['trainable_params']:,}", f"{m['trainable_percent']:.3f}%", fmt_bytes(m.get("adapter_bytes")),
@@ -130,7 +130,8 @@ def render_markdown(title: str, settings: dict, runs: list[MethodRun], confusion
     lines += [f"- **{k}**: {v}" for k, v in settings_lines(settings)]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
-        cells = [f"**{c}**" if row[0] in best and i in (0, 5) and c not in ("", "-") else c for i, c in enumerate(row)]
+        cells = [c.replace("|", "\\|") for c in row]  # a '|' in an error message would split the cell
+        cells = [f"**{c}**" if row[0] in best and i in (0, 5) and c not in ("", "-") else c for i, c in enumerate(cells)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for note in notes:
