@@ -1,18 +1,59 @@
-"""Every method: train -> save -> reload -> predict identically -> merge; and its ViT-B/16 shape."""
-import copy
+"""Every method: the seeds' parameter counts, its ViT-B/16 default shape, and train -> save -> reload ->
+predict identically -> merge on a tiny ViT. ViT-B/16 is built from its config (no download)."""
 import json
 
 import pytest
 import torch
+from transformers import ViTConfig, ViTForImageClassification
 
 from conftest import tiny_train_config
-from imgtune.config import TrainConfig
+from imgtune.config import TrainConfig, load_config
+from imgtune.errors import UserError
 from imgtune.loader import ImageDataset, make_loader
-from imgtune.methods import METHODS, get_method
+from imgtune.methods import METHODS, fit_adalora_schedule, get_method
 from imgtune.model import apply_method, count_parameters
 from imgtune.output import LoadedRun, load_run
 from imgtune.predict import Predictor
 from imgtune.train import train
+
+SEED_COUNTS = {"lora": 667_493, "loha": 1_257_317, "lokr": 116_069, "adalora": 520_325}
+
+
+@pytest.fixture(scope="module")
+def vit_b16_state():
+    model = ViTForImageClassification(ViTConfig(num_labels=101))
+    return model.config, model.state_dict()
+
+
+@pytest.mark.parametrize("method", sorted(SEED_COUNTS))
+def test_presets_give_the_seeds_trainable_counts(vit_b16_state, method):
+    config, state = vit_b16_state
+    model = ViTForImageClassification(config)
+    model.load_state_dict(state)
+    cfg = load_config(f"food101-{method}")
+    assert cfg.target_modules == ["query", "value"]  # the seeds' spelling, resolved to q_proj/v_proj
+    wrapped = apply_method(model, get_method(method), cfg, total_steps=3_000)
+    trainable, _ = count_parameters(wrapped)
+    assert trainable == SEED_COUNTS[method]
+
+
+def test_adalora_schedule_is_kept_when_it_fits_and_scaled_when_not():
+    assert fit_adalora_schedule(200, 1000, 5000) == (200, 1000)
+    with pytest.warns(UserWarning, match="do not fit 50"):
+        tinit, tfinal = fit_adalora_schedule(200, 1000, 50)
+    assert tinit < 50 - tfinal
+    with pytest.raises(UserError, match="more optimizer steps"):
+        fit_adalora_schedule(200, 1000, 2)
+
+
+def test_registry_names_and_unknown_method():
+    assert {"lora", "dora", "loha", "lokr", "adalora", "vera", "oft", "boft", "ia3", "full", "linear"} <= set(METHODS)
+    assert METHODS["lora"].mixed_batch and not METHODS["loha"].mixed_batch
+    with pytest.raises(UserError, match="unknown method 'lorra'"):
+        get_method("lorra")
+
+
+# --- every method, end to end on a tiny ViT, and its default shape on ViT-B/16 ---
 
 ALL_METHODS = list(METHODS)
 
@@ -26,10 +67,6 @@ def pixel_batch(predictor: Predictor, paths: list[str]) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def sample_images(colour_folder) -> list[str]:
     return [str(p) for p in sorted(colour_folder.rglob("*_[0-1].*"))]  # 2 per class, JPEG and PNG
-
-
-def test_every_registered_method_is_tested():
-    assert set(ALL_METHODS) == {"lora", "dora", "loha", "lokr", "adalora", "vera", "oft", "boft", "ia3", "full", "linear"}
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -76,11 +113,8 @@ def test_boft_adapters_are_portable(tmp_path, tiny_vit, colour_folder):
 HEAD = 768 * 101 + 101  # the 101-class Food-101 head, trained and saved with every adapter
 TARGETS = 12 * 2  # query and value in 12 layers
 VIT_B16_TRAINABLE = {
-    "lora": 667_493,  # the seeds' figures (r=16 on query/value)
-    "loha": 1_257_317,
-    "lokr": 116_069,
-    "adalora": 520_325,
-    "dora": 667_493 + TARGETS * 768,  # LoRA + a magnitude per output feature
+    **SEED_COUNTS,  # the seeds' figures: the methods' defaults are the seeds' settings
+    "dora": SEED_COUNTS["lora"] + TARGETS * 768,  # LoRA + a magnitude per output feature
     "vera": HEAD + TARGETS * (256 + 768),  # lambda_d (r) + lambda_b (out) per layer
     "oft": HEAD + TARGETS * (768 // 16) * (16 * 15 // 2),  # skew-symmetric 16x16 blocks
     "boft": HEAD + TARGETS * ((768 // 4) * 4 * 4 + 768),  # one butterfly factor of 4x4 blocks + scale
@@ -90,17 +124,12 @@ VIT_B16_TRAINABLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def vit_b16():
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(num_labels=101))
-
-
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_vit_b16_defaults(vit_b16, method):
-    model = apply_method(copy.deepcopy(vit_b16), get_method(method), TrainConfig(method=method), total_steps=2950)
+def test_vit_b16_defaults(vit_b16_state, method):
+    config, state = vit_b16_state
+    base = ViTForImageClassification(config)
+    base.load_state_dict(state)
+    model = apply_method(base, get_method(method), TrainConfig(method=method), total_steps=2950)
     trainable, total = count_parameters(model)
     assert trainable == VIT_B16_TRAINABLE[method]
     assert total >= 85_876_325

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 from .errors import UserError
@@ -208,6 +209,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # deprecation notices raised inside transformers/peft are for their authors, not our users
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

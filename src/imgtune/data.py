@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from .config import TrainConfig
 from .errors import UserError
+from .images import list_images
 
 IMAGE_COLUMNS = ("image", "img", "picture", "path", "file", "filepath", "filename", "image_path")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category", "target", "coarse_label")
@@ -56,9 +57,15 @@ def load_digits_dataset() -> datasets.DatasetDict:
 def load_folder_dataset(folder: Path) -> datasets.DatasetDict:
     """Class sub-folders, optionally under train/validation/test (datasets' imagefolder)."""
     try:
-        return datasets.load_dataset("imagefolder", data_dir=str(folder))
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
     except Exception as err:  # datasets raises several types for "nothing usable here"
         raise UserError(f"no usable images in {folder}: expected class sub-folders of images ({_first_line(err)})") from None
+    if "label" not in next(iter(loaded.values())).column_names:
+        # imagefolder drops the label column when every image sits in one folder
+        classes = sorted({p.parent.name for p in list_images(folder)})
+        raise UserError(f"{folder} has a single class ({', '.join(classes[:3])}): a classifier needs at least two "
+                        "class sub-folders")
+    return loaded
 
 
 def load_csv_dataset(path: Path) -> datasets.DatasetDict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import peft
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -43,6 +44,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     logs = Path(cfg.output_dir) / "logs"
     trackers = resolve_trackers(cfg.report_to, logs)  # checked: accelerate silently drops missing trackers
+    # accelerate keeps precision and accumulation in process-wide singletons; several runs in
+    # one process (a notebook, `imgtune compare`) each need their own. The distributed state
+    # (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=resolve_precision(cfg.precision, device_type),
         gradient_accumulation_steps=cfg.grad_accum,

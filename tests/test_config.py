@@ -1,0 +1,49 @@
+import pytest
+
+from imgtune.config import TrainConfig, list_presets, load_config
+from imgtune.errors import UserError
+
+
+def test_presets_reproduce_the_seed_runs():
+    assert {"food101-lora", "food101-loha", "food101-lokr", "food101-adalora"} <= set(list_presets())
+    lora = load_config("food101-lora")
+    assert (lora.model, lora.dataset, lora.rank, lora.alpha, lora.dropout) == (
+        "google/vit-base-patch16-224-in21k", "food101", 16, 16, 0.1)
+    assert (lora.lr, lora.epochs, lora.batch_size, lora.grad_accum) == (5e-3, 5, 128, 4)
+    ada = load_config("food101-adalora")
+    assert ada.method == "adalora" and ada.rank == 8
+    assert ada.method_options == {"init_r": 12, "tinit": 200, "tfinal": 1000, "deltaT": 10}
+    assert load_config("food101-lora-r32").test_from_validation == 0.3
+    assert load_config("food101-lora-subset").dataset == "food101:train[:5000]"
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: loha\nepochs: 3\nlr: 0.001\n")
+    cfg = load_config(path, epochs=7, batch_size=None)
+    assert (cfg.method, cfg.epochs, cfg.lr, cfg.batch_size) == ("loha", 7, 0.001, TrainConfig().batch_size)
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = load_config("food101-lokr", epochs=2)
+    cfg.save(tmp_path / "imgtune.yaml")
+    assert load_config(tmp_path / "imgtune.yaml") == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: [1\n", "not valid YAML"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("epoks: 3\n", "unknown setting"),
+    ("precision: fp8\n", "unknown precision"),
+    ("epochs: 0\n", "--epochs must be at least 1"),
+])
+def test_bad_config_files_are_user_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
+def test_unknown_preset_names_the_presets():
+    with pytest.raises(UserError, match="food101-lora"):
+        load_config("food101-lorra")
