@@ -31,7 +31,7 @@ def test_no_logs_with_report_to_none(tmp_path, tiny_vit, colour_folder):
 
 def test_tracker_names_are_checked():
     assert resolve_trackers("none") == []
-    assert resolve_trackers("auto") == ["tensorboard"]  # tensorboard is a project dependency
+    assert resolve_trackers("auto") == ["tensorboard"]  # installed by the dev extra (imgtune[tracking])
     with pytest.raises(UserError, match="unknown tracker 'tensorbord'"):
         resolve_trackers("tensorbord")
 
