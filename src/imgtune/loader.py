@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
 from .errors import UserError
@@ -37,7 +37,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        # the training sampler hands out (index, seed): augmentation draws from its own RNG
+        # seeded per sample, so it is the same whatever the worker count, and on resume
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
         row = self.rows[index]
         source, label = (row["image"], row["label"]) if isinstance(row, dict) and "image" in row else (row, -1)
         if self.labels is not None:
@@ -46,7 +49,37 @@ class ImageDataset(Dataset):
             image = decode_rgb(source, self.min_side)
         except BadImage as err:
             return Skipped(source_name(source), str(err))
-        return self.transform(F.pil_to_tensor(image)), label, index
+        pixels = F.pil_to_tensor(image)
+        if sample_seed is None:
+            return self.transform(pixels), label, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(pixels), label, index
+
+
+class EpochSampler(Sampler):
+    """A shuffled order that is a pure function of (seed, epoch), yielding (index, sample seed).
+
+    Unlike RandomSampler's running generator, a resumed run can recreate any epoch's order
+    and augmentation exactly, and start it part-way (``start`` samples in) without loading
+    the skipped images. Call ``set_position`` before iterating (not named set_epoch: accelerate
+    calls set_epoch with its own iteration count on every pass).
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.start = size, seed, 1, 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(self.size - self.start, 0)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        return iter(list(zip(order, seeds))[self.start:])
 
 
 @dataclass
@@ -133,9 +166,12 @@ def default_workers(num_items: int) -> int:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
                 pin_memory: bool = False) -> DataLoader:
     workers = default_workers(len(dataset)) if num_workers is None else num_workers
+    sampler = EpochSampler(len(dataset), seed) if shuffle else None
+    # its own generator: otherwise each new iterator draws its worker seed from the global RNG,
+    # and a run resumed mid-epoch would shift the dropout stream of the uninterrupted one
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+        dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=workers,
         collate_fn=collate, pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )

@@ -17,13 +17,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .checkpoint import (WEIGHTS, TrainState, checkpoint_root, find_checkpoint, load_checkpoint, save_checkpoint,
+                         trainable_state)
 from .config import TrainConfig
 from .data import load_splits
-from .evaluate import EvalResult, run_eval
-from .loader import BadFiles, build_loaders, check_strict
+from .evaluate import run_eval
+from .loader import BadFiles, EpochSampler, build_loaders, check_strict
 from .methods import get_method
 from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
 from .output import METRICS, RUN_CONFIG, adapter_bytes, save_run
@@ -31,6 +34,10 @@ from .plots import write_run_plots
 from .precision import resolve_precision
 from .tracking import resolve_trackers
 from .transforms import BatchNormalizer, ImageSpec
+
+
+# metrics.json fields that measure the machine, not the run: everything else is reproducible
+TIMING_FIELDS = ("wall_time_s", "train_images_per_s", "peak_memory_mb")
 
 
 @dataclass
@@ -61,21 +68,40 @@ def is_adalora(model: torch.nn.Module) -> bool:
     return isinstance(model, peft.PeftModel) and isinstance(model.base_model, peft.AdaLoraModel)
 
 
-def snapshot_trainable(model: torch.nn.Module) -> dict:
-    """Trainable weights (and AdaLoRA's rank pattern) of the best epoch, kept on the CPU."""
-    state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+def current_rank_pattern(model: torch.nn.Module) -> dict | None:
+    return model.peft_config[model.active_adapter].rank_pattern if is_adalora(model) else None
+
+
+def set_rank_pattern(model: torch.nn.Module, pattern: dict | None) -> None:
+    """AdaLoRA saves its pruned shapes from the config's rank pattern: it must match the weights."""
     if is_adalora(model):
-        state["__rank_pattern__"] = model.peft_config[model.active_adapter].rank_pattern
-    return state
+        model.peft_config[model.active_adapter].rank_pattern = pattern
 
 
-def restore_trainable(model: torch.nn.Module, state: dict) -> None:
+def best_weights(out: Path, state: TrainState) -> dict[str, torch.Tensor]:
+    """The best epoch's weights, from the best checkpoint kept on disk (after a resume)."""
+    return load_file(str(checkpoint_root(out) / state.best_checkpoint / WEIGHTS))
+
+
+def load_state_into(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in state:
-                param.copy_(state[name])
-    if is_adalora(model):
-        model.peft_config[model.active_adapter].rank_pattern = state["__rank_pattern__"]
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+
+
+def find_epoch_sampler(loader) -> EpochSampler:
+    """Our sampler, under whatever batch-sampler wrappers accelerate put around it."""
+    node = loader
+    for _ in range(6):
+        node = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
+        if node is None:
+            break
+        if isinstance(node, EpochSampler):
+            return node
+        if isinstance(getattr(node, "sampler", None), EpochSampler):
+            return node.sampler
+    raise RuntimeError("training loader has no EpochSampler")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -128,17 +154,37 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator.init_trackers("imgtune", config={k: v for k, v in cfg.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
 
-    # loop
+    # resume, then loop
+    state = TrainState()
+    checkpoint = find_checkpoint(out, cfg.resume) if cfg.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
+        accelerator.step = state.accumulation_step
+        if state.global_step:
+            set_rank_pattern(accelerator.unwrap_model(model), state.rank_pattern)
+        say(f"resuming from {checkpoint} (epoch {state.epoch}, {state.batches_done} batches in, step {state.global_step})")
+    elif cfg.resume:
+        say(f"no complete checkpoint in {checkpoint_root(out)}: starting from scratch")
+    best_state = best_weights(out, state) if state.best_checkpoint else None
     bad = BadFiles()
-    history: list[dict] = []
-    best_acc, best_state, best_epoch = -1.0, None, 0
-    global_step, images_seen, train_seconds = 0, 0, 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    bad.reasons.update(state.bad_files)
+
+    def checkpoint_now(name: str) -> None:
+        state.accumulation_step = accelerator.step
+        state.bad_files = dict(bad.reasons)
+        state.rank_pattern = current_rank_pattern(accelerator.unwrap_model(model))
+        save_checkpoint(accelerator, out, name, model, optimizer, scheduler, state, cfg.save_total_limit)
+
+    for epoch in range(state.epoch, cfg.epochs + 1):
         model.train()
         epoch_started = time.perf_counter()
-        loss_sum, loss_count, window = 0.0, 0, []
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if progress else True, leave=False)
+        window: list[float] = []
+        # a resumed epoch starts after the batches already consumed (by every process)
+        find_epoch_sampler(train_loader).set_position(epoch, state.batches_done * cfg.batch_size * accelerator.num_processes)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if progress else True, leave=False,
+                   initial=state.batches_done, total=state.batches_done + len(train_loader))
         for batch in bar:
+            state.batches_done += 1
             bad.add(batch.skipped)
             if len(batch) == 0:
                 continue
@@ -150,36 +196,48 @@ def train(cfg: TrainConfig) -> TrainResult:
                 optimizer.step()
                 scheduler.step()
                 if accelerator.sync_gradients:
-                    global_step += 1
+                    state.global_step += 1
                     if is_adalora(accelerator.unwrap_model(model)):
                         # Trainer never does this; without it AdaLoRA keeps init_r everywhere
-                        accelerator.unwrap_model(model).base_model.update_and_allocate(global_step)
+                        accelerator.unwrap_model(model).base_model.update_and_allocate(state.global_step)
                 optimizer.zero_grad()
-            images_seen += len(batch) * accelerator.num_processes
-            loss_sum += loss.item()
-            loss_count += 1
+            state.images_seen += len(batch) * accelerator.num_processes
+            state.epoch_loss_sum += loss.item()
+            state.epoch_loss_count += 1
             window.append(loss.item())
-            if accelerator.sync_gradients and global_step % cfg.logging_steps == 0:
+            if accelerator.sync_gradients and state.global_step % cfg.logging_steps == 0:
                 lr = scheduler.get_last_lr()[0]
-                accelerator.log({"train/loss": sum(window) / len(window), "train/lr": lr}, step=global_step)
+                accelerator.log({"train/loss": sum(window) / len(window), "train/lr": lr}, step=state.global_step)
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}")
                 window = []
-        train_seconds += time.perf_counter() - epoch_started
+            if accelerator.sync_gradients and cfg.save_steps and state.global_step % cfg.save_steps == 0:
+                state.train_seconds += time.perf_counter() - epoch_started
+                epoch_started = time.perf_counter()
+                checkpoint_now(f"checkpoint-{state.global_step}")
+        state.train_seconds += time.perf_counter() - epoch_started
 
         val = run_eval(model, eval_loaders["validation"], normalize, accelerator, bad, "validation", progress)
-        row = {"epoch": epoch, "step": global_step, "train_loss": loss_sum / max(loss_count, 1),
+        row = {"epoch": epoch, "step": state.global_step,
+               "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1),
                **val.metrics("eval_"), "lr": scheduler.get_last_lr()[0]}
-        history.append(row)
-        accelerator.log({"eval/loss": val.loss, "eval/accuracy": val.accuracy, "eval/top5": val.top5}, step=global_step)
+        state.history.append(row)
+        accelerator.log({"eval/loss": val.loss, "eval/accuracy": val.accuracy, "eval/top5": val.top5},
+                        step=state.global_step)
         say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val.loss:.4f}, "
             f"val accuracy {val.accuracy:.4f}, top-5 {val.top5:.4f}")
-        if val.accuracy > best_acc:
-            best_acc, best_epoch = val.accuracy, epoch
-            best_state = snapshot_trainable(accelerator.unwrap_model(model))
+        name = f"checkpoint-{state.global_step}"
+        if val.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_epoch, state.best_checkpoint = val.accuracy, epoch, name
+            state.best_rank_pattern = current_rank_pattern(accelerator.unwrap_model(model))
+            best_state = trainable_state(accelerator.unwrap_model(model))
+        state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_loss_count = epoch + 1, 0, 0.0, 0
+        checkpoint_now(name)
 
     # best epoch back, final figures, output dir
+    history, best_epoch, images_seen, train_seconds = state.history, state.best_epoch, state.images_seen, state.train_seconds
     model = accelerator.unwrap_model(model)
-    restore_trainable(model, best_state)
+    load_state_into(model, best_state)
+    set_rank_pattern(model, state.best_rank_pattern)
     final_val = run_eval(model, eval_loaders["validation"], normalize, accelerator, None, "validation", progress)
     test = run_eval(model, eval_loaders["test"], normalize, accelerator, bad, "test", progress) \
         if "test" in eval_loaders else None
