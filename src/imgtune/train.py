@@ -57,6 +57,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     AcceleratorState._reset_state()
     GradientState._reset_state()
     return Accelerator(
+        # on a machine without an accelerator, cpu=True is what makes accelerate see a
+        # torchrun/`accelerate launch` world as multi-CPU (gloo) rather than N lone processes
+        cpu=device_type == "cpu" and not torch.backends.mps.is_available(),
         mixed_precision=resolve_precision(cfg.precision, device_type),
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=trackers or None,
@@ -126,7 +129,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     progress = cfg.progress and accelerator.is_local_main_process
 
     # data
-    data = load_splits(cfg)
+    with accelerator.main_process_first():  # one process fills datasets' cache, the others read it
+        data = load_splits(cfg)
     say(f"data: {cfg.dataset}: {data.summary()}")
     processor = load_processor(cfg.model, load_model_config(cfg.model))
     spec = ImageSpec.from_processor(processor, cfg.image_size)
@@ -202,9 +206,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                         accelerator.unwrap_model(model).base_model.update_and_allocate(state.global_step)
                 optimizer.zero_grad()
             state.images_seen += len(batch) * accelerator.num_processes
-            state.epoch_loss_sum += loss.item()
+            step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()  # all processes' batches
+            state.epoch_loss_sum += step_loss
             state.epoch_loss_count += 1
-            window.append(loss.item())
+            window.append(step_loss)
             if accelerator.sync_gradients and state.global_step % cfg.logging_steps == 0:
                 lr = scheduler.get_last_lr()[0]
                 accelerator.log({"train/loss": sum(window) / len(window), "train/lr": lr}, step=state.global_step)
