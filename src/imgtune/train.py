@@ -26,6 +26,7 @@ from .checkpoint import (WEIGHTS, TrainState, checkpoint_root, find_checkpoint, 
 from .config import TrainConfig
 from .data import load_splits
 from .evaluate import run_eval
+from .hub import check_push, push
 from .loader import BadFiles, EpochSampler, build_loaders, check_strict
 from .methods import get_method
 from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
@@ -127,6 +128,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = make_accelerator(cfg)
     say = accelerator.print
     progress = cfg.progress and accelerator.is_local_main_process
+    repo_id = check_push(cfg.push_to_hub, cfg.model, cfg.method, cfg.dataset) if cfg.push_to_hub else None
 
     # data
     with accelerator.main_process_first():  # one process fills datasets' cache, the others read it
@@ -274,6 +276,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         write_run_plots(out, metrics)
         say(f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; "
             f"saved to {out} ({metrics['adapter_bytes'] / 1e6:.2f} MB of weights)")
+        if repo_id:
+            say(f"pushed to {push(out, repo_id)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out, metrics, model)
