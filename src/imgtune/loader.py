@@ -110,7 +110,7 @@ def find_bad_files(rows, min_side: int | None = None, workers: int | None = None
         except BadImage as err:
             return Skipped(source_name(source), str(err))
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers(len(rows))) as pool:
+    with ThreadPoolExecutor(max_workers=workers or decode_threads()) as pool:
         return [s for s in pool.map(check, rows, chunksize=64) if s is not None]
 
 
@@ -119,7 +119,18 @@ def check_strict(named_rows: dict, min_side: int | None = None) -> None:
     bad = [s for rows in named_rows.values() if rows is not None for s in find_bad_files(rows, min_side)]
     if bad:
         listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
-        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--bad-files strict): {listing}")
+        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--strict; drop it to skip and list them instead): {listing}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_threads() -> int:
+    """Threads for whole-dataset decoding passes (strict check, cache build): PIL releases
+    the GIL while decoding, so one per core (up to 16) keeps every core busy."""
+    return max(1, min(16, usable_cores()))
 
 
 def default_workers(num_items: int) -> int:
@@ -127,7 +138,7 @@ def default_workers(num_items: int) -> int:
     workers costs more than it saves."""
     if num_items < 512:
         return 0
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return min(8, usable_cores())
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
