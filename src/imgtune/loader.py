@@ -153,12 +153,21 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
 
 
 def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The training loader (augmented, shuffled) and the validation/test loaders of a run."""
+    """The training loader (augmented, shuffled) and the validation/test loaders of a run;
+    with ``cfg.cache`` the images come from the preprocessed cache (built on first use)."""
     from .transforms import eval_transform, train_transform
 
-    train = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
+    def dataset(name, rows, transform):
+        if not getattr(cfg, "cache", None):
+            return ImageDataset(rows, transform, spec.size)
+        from .cache import CachedImageDataset, build_cache
+
+        cache = build_cache(cfg.cache, rows, spec.size, desc=name, progress=getattr(cfg, "progress", True))
+        return CachedImageDataset(cache, transform, rows["label"])
+
+    train = make_loader(dataset("train", data.train, train_transform(spec, cfg.crop_scale, cfg.hflip)),
                         cfg.batch_size, True, cfg.seed, cfg.num_workers, pin_memory)
-    evals = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), cfg.eval_batch_size or cfg.batch_size,
+    evals = {name: make_loader(dataset(name, ds, eval_transform(spec)), cfg.eval_batch_size or cfg.batch_size,
                                False, cfg.seed, cfg.num_workers, pin_memory)
              for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
     return train, evals
