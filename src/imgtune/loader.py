@@ -165,9 +165,14 @@ def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader
         cache = build_cache(cfg.cache, rows, spec.size, desc=name, progress=getattr(cfg, "progress", True))
         return CachedImageDataset(cache, transform, rows["label"])
 
+    workers = cfg.num_workers
+    if workers is None and not (pin_memory or torch.backends.mps.is_available()):
+        # training on the CPU: the forward/backward pass already uses every core, and loader
+        # processes only contend with it (measured: 2 workers made a 2-core run 2.7x slower)
+        workers = 0
     train = make_loader(dataset("train", data.train, train_transform(spec, cfg.crop_scale, cfg.hflip)),
-                        cfg.batch_size, True, cfg.seed, cfg.num_workers, pin_memory)
+                        cfg.batch_size, True, cfg.seed, workers, pin_memory)
     evals = {name: make_loader(dataset(name, ds, eval_transform(spec)), cfg.eval_batch_size or cfg.batch_size,
-                               False, cfg.seed, cfg.num_workers, pin_memory)
+                               False, cfg.seed, workers, pin_memory)
              for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
     return train, evals
