@@ -143,7 +143,7 @@ def find_bad_files(rows, min_side: int | None = None, workers: int | None = None
         except BadImage as err:
             return Skipped(source_name(source), str(err))
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers(len(rows))) as pool:
+    with ThreadPoolExecutor(max_workers=workers or decode_threads()) as pool:
         return [s for s in pool.map(check, rows, chunksize=64) if s is not None]
 
 
@@ -152,7 +152,18 @@ def check_strict(named_rows: dict, min_side: int | None = None) -> None:
     bad = [s for rows in named_rows.values() if rows is not None for s in find_bad_files(rows, min_side)]
     if bad:
         listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
-        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--bad-files strict): {listing}")
+        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--strict; drop it to skip and list them instead): {listing}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_threads() -> int:
+    """Threads for whole-dataset decoding passes (strict check, cache build): PIL releases
+    the GIL while decoding, so one per core (up to 16) keeps every core busy."""
+    return max(1, min(16, usable_cores()))
 
 
 def default_workers(num_items: int) -> int:
@@ -160,7 +171,7 @@ def default_workers(num_items: int) -> int:
     workers costs more than it saves."""
     if num_items < 512:
         return 0
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return min(8, usable_cores())
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
@@ -178,12 +189,26 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
 
 
 def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The training loader (augmented, shuffled) and the validation/test loaders of a run."""
+    """The training loader (augmented, shuffled) and the validation/test loaders of a run;
+    with ``cfg.cache`` the images come from the preprocessed cache (built on first use)."""
     from .transforms import eval_transform, train_transform
 
-    train = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
-                        cfg.batch_size, True, cfg.seed, cfg.num_workers, pin_memory)
-    evals = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), cfg.eval_batch_size or cfg.batch_size,
-                               False, cfg.seed, cfg.num_workers, pin_memory)
+    def dataset(name, rows, transform):
+        if not getattr(cfg, "cache", None):
+            return ImageDataset(rows, transform, spec.size)
+        from .cache import CachedImageDataset, build_cache
+
+        cache = build_cache(cfg.cache, rows, spec.size, desc=name, progress=getattr(cfg, "progress", True))
+        return CachedImageDataset(cache, transform, rows["label"])
+
+    workers = cfg.num_workers
+    if workers is None and not (pin_memory or torch.backends.mps.is_available()):
+        # training on the CPU: the forward/backward pass already uses every core, and loader
+        # processes only contend with it (measured: 2 workers made a 2-core run 2.7x slower)
+        workers = 0
+    train = make_loader(dataset("train", data.train, train_transform(spec, cfg.crop_scale, cfg.hflip)),
+                        cfg.batch_size, True, cfg.seed, workers, pin_memory)
+    evals = {name: make_loader(dataset(name, ds, eval_transform(spec)), cfg.eval_batch_size or cfg.batch_size,
+                               False, cfg.seed, workers, pin_memory)
              for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
     return train, evals
