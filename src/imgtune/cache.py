@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .images import BadImage, decode_rgb, source_name
-from .loader import Skipped, decode_threads
+from .loader import Skipped, decode_threads, seeded_transform
 
 CACHE_VERSION = 1
 SHARD_ROWS = 1024
@@ -196,11 +196,12 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)  # see ImageDataset
         pixels = self.cache.pixels(index)
         if isinstance(pixels, Skipped):
             return pixels
         # a copy: the memmap is read-only and torch wants writable memory
         image = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)
         label = self.labels[index] if self.labels is not None else -1
-        return self.transform(image), label, index
+        return seeded_transform(self.transform, image, sample_seed), label, index

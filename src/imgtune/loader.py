@@ -49,12 +49,17 @@ class ImageDataset(Dataset):
             image = decode_rgb(source, self.min_side)
         except BadImage as err:
             return Skipped(source_name(source), str(err))
-        pixels = F.pil_to_tensor(image)
-        if sample_seed is None:
-            return self.transform(pixels), label, index
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.transform(pixels), label, index
+        return seeded_transform(self.transform, F.pil_to_tensor(image), sample_seed), label, index
+
+
+def seeded_transform(transform: Callable, pixels: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
+    """Apply ``transform``; with a sample seed, its random draws come from that seed alone
+    (the global RNG, which dropout uses, is left as it was)."""
+    if sample_seed is None:
+        return transform(pixels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed)
+        return transform(pixels)
 
 
 class EpochSampler(Sampler):
