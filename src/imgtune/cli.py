@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 # its heavy imports inside the command function, so ``imgtune --help`` stays quick.
 COMMAND_MODULES: tuple[str, ...] = (
     "imgtune.compare",
+    "imgtune.merge",
 )
 
 
