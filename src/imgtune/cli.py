@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES: tuple[str, ...] = (
     "imgtune.compare",
     "imgtune.merge",
+    "imgtune.export",
 )
 
 
