@@ -206,6 +206,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "imgtune.compare",
     "imgtune.merge",
     "imgtune.export",
+    "imgtune.serve",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,9 @@ class MultiAdapterModel:
             if name in self.adapters:
                 raise UserError(f"adapter {name!r} is already loaded")
             try:
-                self.model.load_adapter(str(adapter.path), adapter_name=name, ignore_mismatched_sizes=True)
+                with warnings.catch_warnings():  # the skipped head tensors are loaded by _fit_heads below
+                    warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
+                    self.model.load_adapter(str(adapter.path), adapter_name=name, ignore_mismatched_sizes=True)
             except (RuntimeError, ValueError, KeyError) as err:
                 raise UserError(f"cannot load {adapter.path} onto base {self.base}: {err}") from None
             self._fit_heads(adapter)
