@@ -12,9 +12,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .errors import UserError
 
 OPSET = 17
@@ -30,15 +27,19 @@ def require_onnx():
     return onnxruntime
 
 
-class LogitsOnly(torch.nn.Module):
+def logits_only(model):
     """transformers returns a ModelOutput; the exported graph should have one plain output."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+
+    return LogitsOnly().eval()
 
 
 def plain_model(out: str | Path):
@@ -58,12 +59,17 @@ def session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(sess, pixels: np.ndarray) -> np.ndarray:
+def onnx_logits(sess, pixels):
+    import numpy as np
+
     return sess.run(["logits"], {"pixel_values": pixels.astype(np.float32)})[0]
 
 
 def export_onnx(out: str | Path, onnx_path: str | Path) -> dict:
     """Write the ONNX file and check it against torch on two batch sizes; returns a summary."""
+    import numpy as np
+    import torch
+
     require_onnx()
     model, processor, labels = plain_model(out)
     from .transforms import ImageSpec
@@ -78,7 +84,7 @@ def export_onnx(out: str | Path, onnx_path: str | Path) -> dict:
     with warnings.catch_warnings():
         # the tracer warns about transformers' shape checks, which are constant for a fixed image size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(LogitsOnly(model).eval(), (example,), str(path), input_names=["pixel_values"],
+        torch.onnx.export(logits_only(model), (example,), str(path), input_names=["pixel_values"],
                           output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     processor.save_pretrained(path.parent)  # mean/std/size for whoever feeds the graph

@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
 
 
-def merged_model(out: str | Path) -> tuple[torch.nn.Module, object]:
+def merged_model(out: str | Path) -> tuple[object, object]:
     """(plain merged model in eval mode, processor) for a run directory; refuses non-adapter runs."""
     import peft
 
