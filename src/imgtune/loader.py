@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
 from .errors import UserError
@@ -52,14 +53,33 @@ class ImageDataset(Dataset):
         return seeded_transform(self.transform, F.pil_to_tensor(image), sample_seed), label, index
 
 
+@contextmanager
+def single_threaded():
+    """Per-image tensor ops on one thread. Loader workers already run that way; in the main
+    process torch would split a 224x224 resize over every core, and on a busy machine the
+    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores)."""
+    if get_worker_info() is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def seeded_transform(transform: Callable, pixels: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
     """Apply ``transform``; with a sample seed, its random draws come from that seed alone
     (the global RNG, which dropout uses, is left as it was)."""
-    if sample_seed is None:
-        return transform(pixels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed)
-        return transform(pixels)
+    with single_threaded():
+        if sample_seed is None:
+            return transform(pixels)
+        with torch.random.fork_rng(devices=[]):
+            # the generator's own method: torch.manual_seed also seeds every device and records
+            # a Python stack each call (measured 2.3 ms per image)
+            torch.default_generator.manual_seed(sample_seed)
+            return transform(pixels)
 
 
 class EpochSampler(Sampler):
@@ -112,7 +132,13 @@ def collate(items) -> Batch:
     if not good:
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
                      torch.empty(0, dtype=torch.long), skipped)
-    pixels = torch.stack([it[0] for it in good])
+    images = [it[0] for it in good]
+    out = None
+    if get_worker_info() is not None and len({im.shape for im in images}) == 1:
+        # stack straight into shared memory, as torch's default_collate does: the batch then
+        # crosses to the main process without another copy
+        out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).share_memory_()
+    pixels = torch.stack(images, out=out)
     return Batch(pixels, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), skipped)
 
 
