@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 # its heavy imports inside the command function, so ``imgtune --help`` stays quick.
 COMMAND_MODULES: tuple[str, ...] = (
     "imgtune.compare",
+    "imgtune.merge",
+    "imgtune.export",
+    "imgtune.serve",
 )
 
 

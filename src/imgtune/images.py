@@ -51,12 +51,12 @@ def _open(source: Any) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit/32-bit greyscale: PIL's convert("L") clips at 255 instead of scaling.
+        # I;16 is 0..65535 by definition; I and F carry no range, so judge from the peak.
         arr = np.asarray(img, dtype=np.float32)
-        peak = max(float(arr.max()), 1.0)
-        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -81,8 +81,10 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
                 if shrink >= 2:
                     img.draft("RGB", (max(1, int(width / shrink)), max(1, int(height / shrink))))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            if rgb is not img and not isinstance(source, Image.Image):
+                img.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
+            return rgb
     except BadImage:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,

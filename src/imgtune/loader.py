@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
 from .errors import UserError
@@ -49,12 +50,36 @@ class ImageDataset(Dataset):
             image = decode_rgb(source, self.min_side)
         except BadImage as err:
             return Skipped(source_name(source), str(err))
-        pixels = F.pil_to_tensor(image)
+        return seeded_transform(self.transform, F.pil_to_tensor(image), sample_seed), label, index
+
+
+@contextmanager
+def single_threaded():
+    """Per-image tensor ops on one thread. Loader workers already run that way; in the main
+    process torch would split a 224x224 resize over every core, and on a busy machine the
+    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores)."""
+    if get_worker_info() is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def seeded_transform(transform: Callable, pixels: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
+    """Apply ``transform``; with a sample seed, its random draws come from that seed alone
+    (the global RNG, which dropout uses, is left as it was)."""
+    with single_threaded():
         if sample_seed is None:
-            return self.transform(pixels), label, index
+            return transform(pixels)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.transform(pixels), label, index
+            # the generator's own method: torch.manual_seed also seeds every device and records
+            # a Python stack each call (measured 2.3 ms per image)
+            torch.default_generator.manual_seed(sample_seed)
+            return transform(pixels)
 
 
 class EpochSampler(Sampler):
@@ -107,7 +132,13 @@ def collate(items) -> Batch:
     if not good:
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
                      torch.empty(0, dtype=torch.long), skipped)
-    pixels = torch.stack([it[0] for it in good])
+    images = [it[0] for it in good]
+    out = None
+    if get_worker_info() is not None and len({im.shape for im in images}) == 1:
+        # stack straight into shared memory, as torch's default_collate does: the batch then
+        # crosses to the main process without another copy
+        out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).share_memory_()
+    pixels = torch.stack(images, out=out)
     return Batch(pixels, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), skipped)
 
 
@@ -143,7 +174,7 @@ def find_bad_files(rows, min_side: int | None = None, workers: int | None = None
         except BadImage as err:
             return Skipped(source_name(source), str(err))
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers(len(rows))) as pool:
+    with ThreadPoolExecutor(max_workers=workers or decode_threads()) as pool:
         return [s for s in pool.map(check, rows, chunksize=64) if s is not None]
 
 
@@ -152,7 +183,18 @@ def check_strict(named_rows: dict, min_side: int | None = None) -> None:
     bad = [s for rows in named_rows.values() if rows is not None for s in find_bad_files(rows, min_side)]
     if bad:
         listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
-        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--bad-files strict): {listing}")
+        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--strict; drop it to skip and list them instead): {listing}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_threads() -> int:
+    """Threads for whole-dataset decoding passes (strict check, cache build): PIL releases
+    the GIL while decoding, so one per core (up to 16) keeps every core busy."""
+    return max(1, min(16, usable_cores()))
 
 
 def default_workers(num_items: int) -> int:
@@ -160,7 +202,7 @@ def default_workers(num_items: int) -> int:
     workers costs more than it saves."""
     if num_items < 512:
         return 0
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return min(8, usable_cores())
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
@@ -178,12 +220,26 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
 
 
 def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The training loader (augmented, shuffled) and the validation/test loaders of a run."""
+    """The training loader (augmented, shuffled) and the validation/test loaders of a run;
+    with ``cfg.cache`` the images come from the preprocessed cache (built on first use)."""
     from .transforms import eval_transform, train_transform
 
-    train = make_loader(ImageDataset(data.train, train_transform(spec, cfg.crop_scale, cfg.hflip), spec.size),
-                        cfg.batch_size, True, cfg.seed, cfg.num_workers, pin_memory)
-    evals = {name: make_loader(ImageDataset(ds, eval_transform(spec), spec.size), cfg.eval_batch_size or cfg.batch_size,
-                               False, cfg.seed, cfg.num_workers, pin_memory)
+    def dataset(name, rows, transform):
+        if not getattr(cfg, "cache", None):
+            return ImageDataset(rows, transform, spec.size)
+        from .cache import CachedImageDataset, build_cache
+
+        cache = build_cache(cfg.cache, rows, spec.size, desc=name, progress=getattr(cfg, "progress", True))
+        return CachedImageDataset(cache, transform, rows["label"])
+
+    workers = cfg.num_workers
+    if workers is None and not (pin_memory or torch.backends.mps.is_available()):
+        # training on the CPU: the forward/backward pass already uses every core, and loader
+        # processes only contend with it (measured: 2 workers made a 2-core run 2.7x slower)
+        workers = 0
+    train = make_loader(dataset("train", data.train, train_transform(spec, cfg.crop_scale, cfg.hflip)),
+                        cfg.batch_size, True, cfg.seed, workers, pin_memory)
+    evals = {name: make_loader(dataset(name, ds, eval_transform(spec)), cfg.eval_batch_size or cfg.batch_size,
+                               False, cfg.seed, workers, pin_memory)
              for name, ds in (("validation", data.validation), ("test", data.test)) if ds is not None}
     return train, evals

@@ -8,7 +8,7 @@ import torch
 
 from .errors import UserError
 from .images import BadImage, decode_rgb, list_images
-from .loader import ImageDataset, make_loader
+from .loader import ImageDataset, check_strict, make_loader
 from .output import LoadedRun, load_run
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
@@ -71,11 +71,13 @@ def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
     explicit, found = expand_inputs(inputs)
-    for path in explicit + (found if bad_files == "strict" else []):
+    for path in explicit:
         try:
             decode_rgb(path)
         except BadImage as err:
             raise UserError(f"cannot read image {path}: {err}") from None
+    if bad_files == "strict":
+        check_strict({"inputs": found})  # names every unreadable file, as train and evaluate do
     if not explicit and not found:
         raise UserError(f"no images in {', '.join(inputs)}")
     predictor = predictor or Predictor.from_dir(output_dir)

@@ -1,0 +1,56 @@
+"""``imgtune merge``: fold an adapter into its base model and save a plain transformers model.
+
+The merged directory loads with ``AutoModelForImageClassification.from_pretrained`` alone (no peft)
+and runs at the base model's speed; peft's ``merge_and_unload`` does the arithmetic for every method.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UserError
+
+
+def merged_model(out: str | Path) -> tuple[object, object]:
+    """(plain merged model in eval mode, processor) for a run directory; refuses non-adapter runs."""
+    import peft
+
+    from .output import load_run
+
+    run = load_run(out)
+    if not run.is_adapter:
+        raise UserError(f"{run.path} is a full/linear run, already a plain transformers model: "
+                        "load it with from_pretrained as it is, there is nothing to merge")
+    try:
+        model = run.model.merge_and_unload()
+    except (NotImplementedError, ValueError, AttributeError, TypeError) as err:
+        method = peft.PeftConfig.from_pretrained(run.path).peft_type
+        raise UserError(f"peft cannot merge a {method} adapter ({err}): serve it unmerged with `imgtune serve`") from None
+    leftovers = [name for name, m in model.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
+    if leftovers or isinstance(model, peft.PeftModel):
+        raise UserError(f"peft left adapter layers after merging ({', '.join(leftovers[:3])}): this method cannot be merged")
+    return model.eval(), run.processor
+
+
+def merge(out: str | Path, to: str | Path) -> Path:
+    target = Path(to).expanduser()
+    if target.resolve() == Path(out).expanduser().resolve():
+        raise UserError("--to must be a new directory, not the run's own output directory")
+    model, processor = merged_model(out)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)  # config.json carries id2label/label2id
+    processor.save_pretrained(target)
+    return target
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    target = merge(args.output_dir, args.to)
+    print(f"merged model saved to {target} (load with AutoModelForImageClassification.from_pretrained)")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser("merge", help="merge an adapter into its base model and save a plain model")
+    p.add_argument("output_dir", help="a trained adapter run")
+    p.add_argument("--to", required=True, help="directory for the merged transformers model")
+    p.set_defaults(func=cmd_merge)

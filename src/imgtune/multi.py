@@ -1,0 +1,190 @@
+"""One base model in memory, many adapters on it, each with its own label set and classifier head.
+
+peft keeps a per-adapter copy of the head (``ModulesToSaveWrapper.modules_to_save[name]``), but it makes
+that copy from the base model's head, so an adapter trained with a different number of classes would
+not load into it. For such an adapter the copy's Linear is rebuilt with the adapter's shape and filled
+from the adapter's own weights (peft is told to skip just those mismatched tensors).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import torch
+import yaml
+from safetensors.torch import load_file
+from torchvision.transforms.v2 import functional as F
+
+from .errors import UserError
+from .images import MAX_PIXELS, decode_rgb
+from .methods import METHODS
+from .output import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_head_size, labels_of
+from .transforms import BatchNormalizer, ImageSpec, eval_transform
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: peft uses names as ModuleDict keys
+
+
+@dataclass
+class Adapter:
+    name: str
+    path: Path
+    labels: list[str]
+    method: str
+    mixed_batch: bool
+    spec: ImageSpec
+
+    def describe(self) -> dict:
+        return {"name": self.name, "method": self.method, "num_labels": len(self.labels), "labels": self.labels,
+                "image_size": self.spec.size, "mixed_batch": self.mixed_batch}
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise UserError(f"adapter name {name!r} must match {NAME_PATTERN.pattern}")
+    return name
+
+
+def read_adapter(name: str, path: str | Path) -> Adapter:
+    from transformers import AutoConfig, AutoImageProcessor
+
+    out = Path(path).expanduser()
+    if not (out / ADAPTER_CONFIG).is_file() or not (out / "config.json").is_file():
+        raise UserError(f"{out} is not an imgtune adapter run (needs adapter_config.json and config.json)")
+    labels = labels_of(AutoConfig.from_pretrained(out))
+    check_head_size(out, len(labels))
+    peft_config = peft.PeftConfig.from_pretrained(out)
+    method = str(peft_config.peft_type.value).lower()
+    if (out / RUN_CONFIG).is_file():
+        method = (yaml.safe_load((out / RUN_CONFIG).read_text()) or {}).get("method", method)
+    mixed = METHODS[method].mixed_batch if method in METHODS else False
+    spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
+    return Adapter(check_name(name), out, labels, method, mixed, spec)
+
+
+class MultiAdapterModel:
+    """A PeftModel holding every adapter; ``lock`` serialises forwards with adapter loads/deletes."""
+
+    def __init__(self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None):
+        from .model import load_base_model
+
+        if not adapters:
+            raise UserError("give at least one --adapter NAME=OUTPUT_DIR")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.lock = threading.Lock()
+        self.adapters: dict[str, Adapter] = {}
+        names = [check_name(n) for n, _ in adapters]
+        if len(set(names)) != len(names):
+            raise UserError(f"adapter names must be unique: {', '.join(names)}")
+        first = read_adapter(*adapters[0])
+        types = {peft.PeftConfig.from_pretrained(Path(p).expanduser()).peft_type for _, p in adapters}
+        # A PeftModel holds one peft type only; adapters of several types (LoRA + LoHa + ...) need peft's
+        # PeftMixedModel, which has no adapter_names mixed-batch forward: batches are grouped by adapter then.
+        self.mixed_types = len(types) > 1
+        if self.mixed_types:
+            from peft.tuners.mixed import COMPATIBLE_TUNER_TYPES
+
+            bad = sorted(t.value for t in types if t not in COMPATIBLE_TUNER_TYPES)
+            if bad:
+                raise UserError(f"peft cannot hold {', '.join(bad)} adapters beside other adapter types on one base: "
+                                f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})")
+        cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
+        self.base = base
+        self.model = cls.from_pretrained(load_base_model(base, first.labels), first.path,
+                                         adapter_name=first.name).to(self.device).eval()
+        self.adapters[first.name] = first
+        self.normalizers = {first.spec: BatchNormalizer(first.spec).to(self.device)}
+        for name, path in adapters[1:]:
+            self.add(name, path)
+
+    # --- adapters --------------------------------------------------------------------
+
+    def add(self, name: str, path: str | Path) -> Adapter:
+        adapter = read_adapter(name, path)
+        with self.lock:
+            if name in self.adapters:
+                raise UserError(f"adapter {name!r} is already loaded")
+            try:
+                with warnings.catch_warnings():  # the skipped head tensors are loaded by _fit_heads below
+                    warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
+                    self.model.load_adapter(str(adapter.path), adapter_name=name, ignore_mismatched_sizes=True)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UserError(f"cannot load {adapter.path} onto base {self.base}: {err}") from None
+            self._fit_heads(adapter)
+            self.model.to(self.device).eval()
+            self.adapters[name] = adapter
+            self.normalizers.setdefault(adapter.spec, BatchNormalizer(adapter.spec).to(self.device))
+        return adapter
+
+    def _fit_heads(self, adapter: Adapter) -> None:
+        """Rebuild this adapter's head copies whose shape differs from the saved weights, then load them."""
+        weights = load_file(str(adapter.path / ADAPTER_WEIGHTS))
+        for module_name, module in self.model.named_modules():
+            if not isinstance(module, peft.utils.other.ModulesToSaveWrapper) or adapter.name not in module.modules_to_save:
+                continue
+            prefix = module_name + "."
+            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            copy = module.modules_to_save[adapter.name]
+            if all(k in copy.state_dict() and copy.state_dict()[k].shape == v.shape for k, v in own.items()):
+                continue
+            if not isinstance(copy, torch.nn.Linear) or "weight" not in own:
+                raise UserError(f"adapter {adapter.name!r} has a head of another size and {module_name} is not a "
+                                "single Linear layer: serve it on its own")
+            rows, cols = own["weight"].shape
+            new = torch.nn.Linear(cols, rows, bias="bias" in own, dtype=copy.weight.dtype, device=copy.weight.device)
+            new.load_state_dict(own)
+            new.requires_grad_(False)
+            module.modules_to_save[adapter.name] = new
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            if name not in self.adapters:
+                raise KeyError(name)
+            if len(self.adapters) == 1:
+                raise UserError("cannot remove the last adapter")
+            if name == self.model.active_adapter:
+                self.model.set_adapter(next(n for n in self.adapters if n != name))
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+
+    # --- inference -------------------------------------------------------------------
+
+    def preprocess(self, name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+        """Image bytes -> uint8 CHW at the adapter's size, as Predictor's data loader does it."""
+        spec = self.adapters[name].spec
+        return eval_transform(spec)(F.pil_to_tensor(decode_rgb(data, spec.size, max_pixels)))
+
+    @torch.no_grad()
+    def probabilities(self, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One probability row per (adapter name, image): mixed-batch forward where every adapter in a
+        group supports it and shares head width and input size, one forward per adapter otherwise."""
+        groups: dict[tuple, list[int]] = {}
+        for i, name in enumerate(names):
+            a = self.adapters[name]
+            mixable = a.mixed_batch and not self.mixed_types
+            key = ("mixed", len(a.labels), a.spec) if mixable else ("single", name)
+            groups.setdefault(key, []).append(i)
+        rows: list[torch.Tensor | None] = [None] * len(names)
+        with self.lock:
+            for key, idx in groups.items():
+                spec = self.adapters[names[idx[0]]].spec
+                batch = self.normalizers[spec](torch.stack([pixels[i] for i in idx]).to(self.device))
+                group_names = [names[i] for i in idx]
+                if key[0] == "mixed" and len(set(group_names)) > 1:
+                    logits = self.model(pixel_values=batch, adapter_names=group_names).logits
+                else:
+                    # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
+                    self.model.set_adapter(group_names[0])
+                    logits = self.model(pixel_values=batch).logits
+                probs = logits.float().softmax(dim=-1).cpu()
+                for j, i in enumerate(idx):
+                    rows[i] = probs[j]
+        return rows
+
+    def top_k(self, name: str, probs: torch.Tensor, k: int) -> list[dict]:
+        labels = self.adapters[name].labels
+        scores, indices = probs.topk(min(k, probs.shape[0]))
+        return [{"label": labels[i], "score": round(float(s), 6)} for s, i in zip(scores.tolist(), indices.tolist())]

@@ -1,0 +1,81 @@
+"""The bad-input policy, end to end through the real CLI: ``skip`` counts and lists every
+unreadable file in train and evaluate; ``--strict`` refuses to start, naming each one."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from badfiles import READABLE, UNREADABLE, write_awkward
+from conftest import read_metrics, run_cli, tiny_train_config, write_class_folder
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The colour folder with every awkward file planted across the classes; returns
+    (folder, paths of the unreadable files)."""
+    root = write_class_folder(tmp_path_factory.mktemp("planted") / "colours", per_class=8)
+    unreadable = []
+    for cls in ("red", "green"):  # a copy in two classes: each file is counted once by path
+        bad, _ = write_awkward(root / cls, prefix=f"{cls}_")
+        unreadable += [root / cls / name for name in bad]
+    return root, sorted(str(p) for p in unreadable)
+
+
+@pytest.fixture(scope="module")
+def skip_run(tmp_path_factory, tiny_vit, planted):
+    from imgtune.train import train
+
+    folder, _ = planted
+    out = tmp_path_factory.mktemp("runs") / "skip"
+    train(tiny_train_config(tiny_vit, folder, out, epochs=1))
+    return out
+
+
+def test_train_skips_counts_and_lists_every_unreadable_file(skip_run, planted):
+    _, unreadable = planted
+    metrics = read_metrics(skip_run)
+    assert metrics["bad_files"] == len(unreadable) == 2 * len(UNREADABLE)
+    assert metrics["bad_file_names"] == unreadable
+    listed = [line.split("\t")[0] for line in (skip_run / "bad_files.txt").read_text().splitlines()]
+    assert listed == unreadable
+    # every readable image (odd modes and the 3x2 one included) was used
+    total = metrics["splits"]["train"] + metrics["splits"]["validation"]
+    assert metrics["validation"]["count"] + metrics["bad_files"] <= total
+    assert metrics["history"][0]["train_loss"] == metrics["history"][0]["train_loss"]  # not NaN
+
+
+def test_train_strict_fails_before_training_naming_every_file(tmp_path, tiny_vit, planted):
+    folder, unreadable = planted
+    out = tmp_path / "strict"
+    proc = run_cli("train", "--model", tiny_vit, "--dataset", folder, "--output-dir", out, "--epochs", "1",
+                   "--report-to", "none", "--no-progress", "--strict")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{len(unreadable)} unreadable image(s)" in proc.stderr
+    assert all(path in proc.stderr for path in unreadable)
+    assert "Traceback" not in proc.stderr and not (out / "metrics.json").exists()
+
+
+def test_evaluate_counts_the_same_files_and_strict_refuses(skip_run, planted):
+    folder, unreadable = planted
+    proc = run_cli("evaluate", skip_run, "--dataset", folder, "--json")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert metrics["bad_files"] == len(unreadable) and metrics["bad_file_names"] == unreadable
+    assert metrics["count"] == 3 * 8 + 2 * len(READABLE)  # every readable file, odd modes included
+    proc = run_cli("evaluate", skip_run, "--dataset", folder, "--strict")
+    assert proc.returncode == 2 and all(path in proc.stderr for path in unreadable), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_predict_on_a_folder_skips_the_same_files_and_strict_refuses(skip_run, planted):
+    folder, unreadable = planted
+    proc = run_cli("predict", skip_run, folder, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert sorted(s["image"] for s in out["skipped"]) == unreadable
+    assert len(out["results"]) == 3 * 8 + 2 * len(READABLE)
+    proc = run_cli("predict", skip_run, folder, "--strict")
+    assert proc.returncode == 2 and all(path in proc.stderr for path in unreadable), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,164 @@
+"""imgtune serve: a real uvicorn server (subprocess) on a loopback port, several adapters on one base."""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_train_config, write_class_folder
+from imgtune.multi import MultiAdapterModel
+from imgtune.predict import Predictor
+from imgtune.train import train
+
+TWO = {"red": (200, 40, 40), "blue": (40, 60, 200)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_vit, colour_folder, lora_run):
+    """a: 3-class LoRA; b: 2-class LoRA (another head width); c: 3-class LoRA, other weights (mixed batch with a)."""
+    root = tmp_path_factory.mktemp("serve-runs")
+    two = write_class_folder(root / "two", per_class=6, classes=TWO)
+    train(tiny_train_config(tiny_vit, two, root / "b", epochs=2))
+    train(tiny_train_config(tiny_vit, colour_folder, root / "c", epochs=1, seed=1, lr=1e-2))
+    return {"a": lora_run, "b": root / "b", "c": root / "c"}
+
+
+@pytest.fixture(scope="module")
+def server(runs, tiny_vit, tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve-log") / "server.log", "w+")
+    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(tiny_vit), "--port", str(port),
+           "--max-batch", "16", "--max-wait-ms", "20", "--max-bytes", "200000", "--max-pixels", "1000000",
+           "--device", "cpu", *[f"--adapter={n}={p}" for n, p in runs.items()]]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            proc.kill()
+            pytest.fail(f"server did not start:\n{log.read()}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def images(colour_folder) -> list:
+    return sorted(colour_folder.rglob("*_[0-3].*"))  # 4 per class, JPEG and PNG, several sizes
+
+
+def close_to(got: list[dict], want: list[dict]) -> bool:
+    return [g["label"] for g in got] == [w["label"] for w in want] and all(
+        abs(g["score"] - w["score"]) <= 1e-5 for g, w in zip(got, want))
+
+
+def test_happy_path_matches_predict(server, runs, images):
+    listing = httpx.get(f"{server}/v1/adapters").json()
+    assert {a["name"]: a["num_labels"] for a in listing["adapters"]} == {"a": 3, "b": 2, "c": 3}
+    predictor = Predictor.from_dir(runs["a"], device="cpu")
+    expected, _ = predictor.predict([str(p) for p in images[:2]], top_k=2)
+    # multipart upload and raw body give what `imgtune predict` gives
+    with open(images[0], "rb") as f:
+        r = httpx.post(f"{server}/v1/classify", params={"adapter": "a", "top_k": 2}, files={"file": f})
+    assert r.status_code == 200, r.text
+    assert r.json()["adapter"] == "a" and close_to(r.json()["predictions"], expected[0]["predictions"])
+    r = httpx.post(f"{server}/v1/classify?adapter=a&top_k=2", content=images[1].read_bytes(),
+                   headers={"content-type": "image/png" if images[1].suffix == ".png" else "image/jpeg"})
+    assert r.status_code == 200 and close_to(r.json()["predictions"], expected[1]["predictions"])
+    assert httpx.get(f"{server}/docs").status_code == 200
+    assert "/v1/classify" in httpx.get(f"{server}/openapi.json").json()["paths"]
+
+
+def test_mixed_adapter_burst_is_batched_and_each_answer_is_its_adapters(server, runs, images):
+    predictors = {n: Predictor.from_dir(p, device="cpu") for n, p in runs.items()}
+    expected = {n: pr.predict([str(p) for p in images], top_k=3)[0] for n, pr in predictors.items()}
+    jobs = [(n, i) for i in range(len(images)) for n in ("a", "b", "c")]
+    before = httpx.get(f"{server}/healthz").json()
+
+    def call(job):
+        name, i = job
+        r = httpx.post(f"{server}/v1/classify", params={"adapter": name, "top_k": 3},
+                       files={"file": (images[i].name, images[i].read_bytes(), "image/jpeg")}, timeout=60)
+        return job, r
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(call, jobs))
+    for (name, i), r in answers:
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == (2 if name == "b" else 3)
+        assert close_to(r.json()["predictions"], expected[name][i]["predictions"]), (name, i)
+    after = httpx.get(f"{server}/healthz").json()
+    assert after["images"] - before["images"] == len(jobs)
+    assert after["batches"] - before["batches"] < len(jobs)  # several requests shared a forward pass
+
+
+def png_bytes(size, colour=(10, 200, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_requests_get_error_codes_not_crashes(server):
+    classify = f"{server}/v1/classify"
+    good = png_bytes((40, 40))
+    cases = [
+        (400, dict(params={"adapter": "a"}, content=b"not an image at all", headers={"content-type": "image/png"})),
+        (400, dict(params={"adapter": "a"}, files={"file": ("x.jpg", good[: len(good) // 2], "image/jpeg")})),
+        (415, dict(params={"adapter": "a"}, files={"file": ("notes.txt", b"hello", "text/plain")})),
+        (415, dict(params={"adapter": "a"}, content=b'{"a": 1}', headers={"content-type": "application/json"})),
+        (413, dict(params={"adapter": "a"}, files={"file": ("big.png", png_bytes((1100, 1000)), "image/png")})),
+        (413, dict(params={"adapter": "a"}, content=np.random.default_rng(0).bytes(400_000),
+                   headers={"content-type": "image/jpeg"})),
+        (404, dict(params={"adapter": "nope"}, content=good, headers={"content-type": "image/png"})),
+        (404, dict(params={"adapter": "../../etc/passwd"}, content=good, headers={"content-type": "image/png"})),
+        (400, dict(content=good, headers={"content-type": "image/png"})),  # several adapters: name one
+    ]
+    for status, kwargs in cases:
+        r = httpx.post(classify, **kwargs)
+        assert r.status_code == status, (status, r.status_code, r.text)
+        assert "detail" in r.json()
+    # admin endpoints are off without --allow-admin
+    assert httpx.post(f"{server}/v1/adapters/d", json={"path": "/tmp"}).status_code == 403
+    assert httpx.delete(f"{server}/v1/adapters/a").status_code == 403
+    # and the server is still fine
+    r = httpx.post(classify, params={"adapter": "b"}, content=good, headers={"content-type": "image/png"})
+    assert r.status_code == 200 and httpx.get(f"{server}/healthz").json()["status"] == "ok"
+
+
+def test_mixed_peft_types_on_one_base_in_process(tmp_path, tiny_vit, colour_folder, runs, images):
+    """LoHa beside LoRA needs peft's PeftMixedModel; admin add/remove keep the others' answers."""
+    train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "loha", method="loha", epochs=1))
+    model = MultiAdapterModel(str(tiny_vit), [("a", runs["a"]), ("h", tmp_path / "loha")], device="cpu")
+    model.add("b", runs["b"])
+    names = ["a", "h", "b", "h", "a", "b"]
+    data = [images[i].read_bytes() for i in range(len(names))]
+    rows = model.probabilities(names, [model.preprocess(n, d) for n, d in zip(names, data)])
+    paths = {"a": runs["a"], "h": tmp_path / "loha", "b": runs["b"]}
+    for i, (name, row) in enumerate(zip(names, rows)):
+        want = Predictor.from_dir(paths[name], device="cpu").predict([str(images[i])], top_k=3)[0][0]["predictions"]
+        assert close_to(model.top_k(name, row, 3), want), name
+    model.remove("h")
+    assert list(model.adapters) == ["a", "b"]
