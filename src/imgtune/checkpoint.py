@@ -44,7 +44,7 @@ STATE = "trainer_state.json"
 # Settings that do not change what a run computes: a resumed run may differ in these.
 # (num_workers is here because augmentation is seeded per sample, see loader.EpochSampler.)
 RUN_CONTROL = ("output_dir", "resume", "save_steps", "save_total_limit", "progress", "report_to", "logging_steps",
-               "num_workers", "push_to_hub", "cache", "eval_batch_size")
+               "num_workers", "push_to_hub", "eval_batch_size")
 
 
 @dataclass
@@ -76,7 +76,10 @@ def new_run_id() -> str:
 
 
 def result_settings(cfg) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in RUN_CONTROL}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RUN_CONTROL}
+    if "cache" in settings:  # cached images are pre-shrunk (other pixels); where the cache lives does not matter
+        settings["cache"] = bool(settings["cache"])
+    return settings
 
 
 def check_settings(cfg) -> None:
