@@ -1,15 +1,19 @@
 """Crash-safe training checkpoints: everything a resumed run needs to continue bit-for-bit.
 
 A checkpoint is a directory ``OUT/checkpoints/checkpoint-<step>`` holding the trainable
-weights (safetensors), optimizer/scheduler/scaler state, every process's RNG states, the
-trainer's bookkeeping (epoch, batches consumed, history, best epoch, bad files) and a
-``COMPLETE`` manifest with each file's size and sha256. It is written into a temporary
-directory, fsynced and renamed, so a run killed while saving leaves no half checkpoint
-that could be mistaken for a whole one.
+weights (safetensors), the best epoch's weights so far (so every checkpoint is
+self-contained), optimizer/scheduler/scaler state, every process's RNG states, AdaLoRA's
+importance scores, the trainer's bookkeeping (epoch, batches consumed, history, best
+epoch, bad files, the settings that shape the result) and a ``COMPLETE`` manifest with
+each file's size and sha256. It is written into a temporary directory, fsynced and
+renamed, so a run killed while saving leaves no half checkpoint that could be mistaken
+for a whole one.
 
-Written here rather than with ``accelerator.save_state`` because that pickles RNG states
-and loads them with ``weights_only=False``; here every torch file loads with
-``weights_only=True`` and weights come only from safetensors.
+Written here rather than with ``accelerator.save_state`` because that saves the whole
+model (the frozen base too: 330 MB a checkpoint for ViT-B instead of 2.6 MB), and loads
+RNG states inside a ``try/except`` that silently skips a damaged file; here every torch
+file loads with ``weights_only=True``, weights come only from safetensors, and a damaged
+file is an error.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,14 @@ from .errors import UserError
 CHECKPOINTS = "checkpoints"
 MANIFEST = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
+BEST = "best.safetensors"
 ADALORA = "adalora_importance.safetensors"
+STATE = "trainer_state.json"
+
+# Settings that do not change what a run computes: a resumed run may differ in these.
+# (num_workers is here because augmentation is seeded per sample, see loader.EpochSampler.)
+RUN_CONTROL = ("output_dir", "resume", "save_steps", "save_total_limit", "progress", "report_to", "logging_steps",
+               "num_workers", "push_to_hub", "eval_batch_size")
 
 
 @dataclass
@@ -39,7 +52,7 @@ class TrainState:
     """The loop's bookkeeping; saved as JSON in every checkpoint."""
 
     epoch: int = 1               # the epoch in progress (or next to start)
-    batches_done: int = 0        # batches of that epoch already consumed
+    batches_done: int = 0        # batches of that epoch already consumed (by each process)
     global_step: int = 0         # optimizer steps
     accumulation_step: int = 0   # accelerate's micro-batch counter (accumulation crosses epochs)
     epoch_loss_sum: float = 0.0  # the running training loss of the epoch in progress
@@ -53,6 +66,27 @@ class TrainState:
     bad_files: dict = field(default_factory=dict)
     images_seen: int = 0
     train_seconds: float = 0.0
+    run_id: str = ""             # which run wrote it: rotation never deletes another run's checkpoints
+    num_processes: int = 1
+    settings: dict = field(default_factory=dict)  # the config minus RUN_CONTROL
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]  # os.urandom: leaves the seeded RNGs alone
+
+
+def result_settings(cfg) -> dict:
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RUN_CONTROL}
+    if "cache" in settings:  # cached images are pre-shrunk (other pixels); where the cache lives does not matter
+        settings["cache"] = bool(settings["cache"])
+    return settings
+
+
+def check_settings(cfg) -> None:
+    if cfg.save_steps is not None and cfg.save_steps < 1:
+        raise UserError(f"--save-steps must be at least 1, got {cfg.save_steps} (leave it out to save once per epoch)")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        raise UserError(f"--save-total-limit must be at least 1, got {cfg.save_total_limit}")
 
 
 def checkpoint_root(out: Path) -> Path:
@@ -105,8 +139,10 @@ def adalora_allocator(model: torch.nn.Module):
 
 
 def save_checkpoint(accelerator, out: Path, name: str, model, optimizer, scheduler, state: TrainState,
-                    keep_last: int | None) -> Path:
-    """Write checkpoint ``name`` atomically (every process calls this; the main one writes the shared parts)."""
+                    best: dict[str, torch.Tensor] | None, best_is_current: bool, keep_last: int | None) -> Path:
+    """Write checkpoint ``name`` atomically (every process calls this; the main one writes the shared parts).
+
+    Assumes OUT is on storage every process sees (one machine, or a shared file system)."""
     root = checkpoint_root(out)
     tmp = root / f".tmp-{name}"
     final = root / name
@@ -118,6 +154,8 @@ def save_checkpoint(accelerator, out: Path, name: str, model, optimizer, schedul
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         save_file(trainable_state(unwrapped), str(tmp / WEIGHTS))
+        if best is not None and not best_is_current:
+            save_file(best, str(tmp / BEST))
         allocator = adalora_allocator(unwrapped)
         if allocator is not None and allocator.ipt:
             tensors = {f"{kind}::{n}": t.detach().cpu().contiguous()
@@ -127,49 +165,108 @@ def save_checkpoint(accelerator, out: Path, name: str, model, optimizer, schedul
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
+        (tmp / STATE).write_text(json.dumps(asdict(state), indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        manifest = {}
+        files = {}
         for path in sorted(tmp.iterdir()):
             _fsync(path)
-            manifest[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {"run_id": state.run_id, "step": state.global_step, "saved_at": time.time(), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync(tmp / MANIFEST)
-        shutil.rmtree(final, ignore_errors=True)
+        _fsync(tmp)
+        shutil.rmtree(final, ignore_errors=True)  # the same step written again (a resume from an older one)
         os.replace(tmp, final)
         _fsync(root)
-        prune_checkpoints(root, keep_last, state.best_checkpoint, final.name)
+        prune_checkpoints(root, keep_last, state.run_id, state.best_checkpoint, final.name)
     accelerator.wait_for_everyone()
     return final
 
 
-def _step_of(path: Path) -> int:
+def read_manifest(path: Path) -> dict:
     try:
-        return int(path.name.rsplit("-", 1)[-1])
-    except ValueError:
-        return -1
+        manifest = json.loads((path / MANIFEST).read_text())
+        if not isinstance(manifest.get("files"), dict):
+            raise ValueError("no file list")
+        return manifest
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"checkpoint {path} has an unreadable {MANIFEST} manifest ({err}): "
+                        "delete it to resume from an older one, or start again without --resume") from None
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoints, oldest first; temporary or unmarked directories are never listed."""
+    """Finished checkpoints, oldest first (by when they were written); temporary or unmarked
+    directories are never listed."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("checkpoint-") and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: (_step_of(p), p.stat().st_mtime))
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith("checkpoint-") and (path / MANIFEST).is_file():
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+                found.append((float(manifest["saved_at"]), int(manifest["step"]), path))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged manifest: not a checkpoint we can trust
+    return [p for *_, p in sorted(found)]
 
 
-def prune_checkpoints(root: Path, keep_last: int | None, best: str | None, newest: str) -> None:
-    """Keep the newest ``keep_last`` plus the best; remove stale temporaries too."""
+def run_of(path: Path) -> str | None:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def prune_checkpoints(root: Path, keep_last: int | None, run_id: str, best: str | None, newest: str) -> None:
+    """Keep this run's newest ``keep_last`` plus its best; remove stale temporaries too.
+    Another run's checkpoints (an earlier run in the same OUT) are left alone."""
     for tmp in root.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
     if not keep_last:
         return
-    done = complete_checkpoints(root)
-    keep = {p.name for p in done[-keep_last:]} | {best, newest}
-    for path in done:
+    mine = [p for p in complete_checkpoints(root) if run_of(p) == run_id]
+    keep = {p.name for p in mine[-keep_last:]} | {best, newest}
+    for path in mine:
         if path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def read_state(path: Path) -> TrainState:
+    try:
+        data = json.loads((path / STATE).read_text())
+        known = {f.name for f in fields(TrainState)}
+        return TrainState(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"checkpoint {path} has an unreadable {STATE} ({err}): "
+                        "delete it to resume from an older one, or start again without --resume") from None
+
+
+def set_aside_earlier_runs(root: Path) -> tuple[int, list[Path]]:
+    """Before a fresh run (no --resume) in an OUT that already has checkpoints. A finished earlier
+    run's are removed (its outputs are being replaced anyway); an unfinished one's are moved to
+    ``checkpoints/earlier-<run id>/``, out of the new run's way (same step names) but still there for
+    ``--resume PATH``, so forgetting ``--resume auto`` never throws hours of training away.
+    Returns (checkpoints removed, folders they were moved to)."""
+    runs: dict[str, list[Path]] = {}
+    for path in complete_checkpoints(root):
+        runs.setdefault(run_of(path) or "unknown", []).append(path)
+    removed, moved = 0, []
+    for run_id, paths in runs.items():
+        state = read_state(paths[-1])
+        epochs = state.settings.get("epochs")
+        if epochs is not None and state.epoch > epochs:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+            removed += len(paths)
+            continue
+        aside = root / f"earlier-{run_id}"
+        aside.mkdir(exist_ok=True)
+        for path in paths:
+            shutil.rmtree(aside / path.name, ignore_errors=True)
+            os.replace(path, aside / path.name)
+        moved.append(aside)
+    return removed, moved
 
 
 def find_checkpoint(out: Path, resume: str) -> Path | None:
@@ -186,12 +283,25 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
 
 def verify(path: Path) -> None:
     """Every file the manifest lists is there with its size and hash: catches truncation and tampering."""
-    manifest = json.loads((path / MANIFEST).read_text())
-    for name, expected in manifest.items():
+    for name, expected in read_manifest(path)["files"].items():
         file = path / name
         if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
             raise UserError(f"checkpoint {path} is damaged ({name} does not match its manifest): "
                             "delete it to resume from an older one, or start again without --resume")
+
+
+def check_compatible(path: Path, state: TrainState, cfg, num_processes: int) -> None:
+    """A checkpoint only continues the run that wrote it: same settings, same process count."""
+    now = result_settings(cfg)
+    changed = [k for k in sorted(set(now) | set(state.settings))
+               if json.dumps(now.get(k), sort_keys=True) != json.dumps(state.settings.get(k), sort_keys=True)]
+    if changed:
+        listing = ", ".join(f"{k}={state.settings.get(k)!r} (now {now.get(k)!r})" for k in changed[:4])
+        raise UserError(f"checkpoint {path} was made with other settings: {listing}; resume with the same "
+                        "settings, or start a new run in another --output-dir")
+    if state.num_processes != num_processes:
+        raise UserError(f"checkpoint {path} was written by {state.num_processes} process(es), this run has "
+                        f"{num_processes}: resume with `accelerate launch --num_processes {state.num_processes}`")
 
 
 def _load_torch(path: Path):
@@ -201,37 +311,47 @@ def _load_torch(path: Path):
         raise UserError(f"checkpoint file {path} cannot be loaded safely: {str(err).splitlines()[0][:200]}") from None
 
 
-def load_weights(path: Path, model: torch.nn.Module) -> None:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        weights = load_file(str(path / WEIGHTS))
+        return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise UserError(f"checkpoint {path} has unreadable weights: {err}") from None
+        raise UserError(f"checkpoint file {path} is unreadable: {err}") from None
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    weights = _load_safetensors(path / WEIGHTS)
     params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
+    missing = [n for n in weights if n not in params or params[n].shape != weights[n].shape]
     if missing:
-        raise UserError(f"checkpoint {path} does not fit this model (unknown weight {missing[0]}): "
+        raise UserError(f"checkpoint {path} does not fit this model (weight {missing[0]}): "
                         "was it made with another --method or --model?")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(accelerator, path: Path, cfg, model, optimizer, scheduler
+                    ) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """Restore everything into the prepared objects; returns the bookkeeping and the best weights so far."""
     verify(path)
+    state = read_state(path)
+    check_compatible(path, state, cfg, accelerator.num_processes)
     unwrapped = accelerator.unwrap_model(model)
     load_weights(path, unwrapped)
     optimizer.load_state_dict(_load_torch(path / "optimizer.pt"))
     scheduler.load_state_dict(_load_torch(path / "scheduler.pt"))
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(_load_torch(path / "scaler.pt"))
-    state = TrainState(**json.loads((path / "trainer_state.json").read_text()))
     allocator = adalora_allocator(unwrapped)
-    if allocator is not None and (path / ADALORA).is_file():
-        device = next(unwrapped.parameters()).device
-        for key, tensor in load_file(str(path / ADALORA)).items():
-            kind, name = key.split("::", 1)
-            getattr(allocator, kind)[name] = tensor.to(device)
-    rng_file = path / f"rng_{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(_load_torch(rng_file))
-    return state
+    if allocator is not None:
+        allocator.reset_ipt()
+        if (path / ADALORA).is_file():
+            device = next(unwrapped.parameters()).device
+            for key, tensor in _load_safetensors(path / ADALORA).items():
+                kind, name = key.split("::", 1)
+                getattr(allocator, kind)[name] = tensor.to(device)
+    best = None
+    if state.best_checkpoint is not None:
+        best = _load_safetensors(path / BEST) if (path / BEST).is_file() else trainable_state(unwrapped)
+    set_rng_state(_load_torch(path / f"rng_{accelerator.process_index}.pt"))
+    return state, best

@@ -38,30 +38,47 @@ class EvalResult:
 @torch.no_grad()
 def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: BadFiles | None = None,
              desc: str = "eval", progress: bool = True) -> EvalResult:
-    """One pass over ``loader``. Under accelerate, each process evaluates its shard and
-    ``gather_for_metrics`` drops the padding samples, so every image counts exactly once."""
+    """One pass over ``loader``; under accelerate each process evaluates its shard.
+
+    Per-image results are gathered with their dataset index and de-duplicated on it, rather
+    than with ``gather_for_metrics``: that one trims accelerate's padding by counting samples,
+    which goes wrong once unreadable files drop out of a batch, and gathering batches of
+    different sizes (or skipping an empty one) would hang the other processes."""
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
-    all_logits, all_targets = [], []
+    shared = accelerator is not None and accelerator.num_processes > 1
+    parts: list[tuple[torch.Tensor, ...]] = []  # (index, target, prediction, loss, top-5 hit) per image
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         if bad is not None:
             bad.add(batch.skipped)
-        if len(batch) == 0:
+        if len(batch) == 0 and not shared:
             continue
-        batch = batch.to(device)
-        logits = model(pixel_values=normalize(batch.pixel_values)).logits.float()
-        labels = batch.labels
-        if accelerator is not None:
-            logits, labels = accelerator.gather_for_metrics((logits, labels))
-        all_logits.append(logits.cpu())
-        all_targets.append(labels.cpu())
-    if not all_logits:
+        if len(batch):
+            batch = batch.to(device)
+            logits = model(pixel_values=normalize(batch.pixel_values)).logits.float()
+            labels = batch.labels
+            top5 = (logits.topk(min(5, logits.shape[1])).indices == labels[:, None]).any(dim=1)
+            rows = (batch.indices.to(device), labels, logits.argmax(dim=1),
+                    F.cross_entropy(logits, labels, reduction="none"), top5.float())
+        else:
+            rows = (*(torch.zeros(0, dtype=torch.long, device=device) for _ in range(3)),
+                    *(torch.zeros(0, device=device) for _ in range(2)))
+        if shared:
+            # equal sizes for the all-gather; padding rows carry index -1
+            rows = accelerator.gather(accelerator.pad_across_processes(rows, dim=0, pad_index=-1))
+            real = rows[0] >= 0
+            rows = tuple(t[real] for t in rows)
+        parts.append(tuple(t.cpu() for t in rows))
+    indices = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    if not len(indices):
         return EvalResult(float("nan"), 0.0, 0.0, 0, np.zeros(0, dtype=int), np.zeros(0, dtype=int))
-    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
-    loss = F.cross_entropy(logits, targets).item()
-    top5 = (logits.topk(min(5, logits.shape[1])).indices == targets[:, None]).any(dim=1).float().mean().item()
-    y_true, preds = targets.numpy(), logits.argmax(dim=1).numpy()
-    return EvalResult(loss, float(accuracy_score(y_true, preds)), top5, len(y_true), preds, y_true)
+    # accelerate pads an uneven last round with images from the start: count each image once, in index order
+    _, first = np.unique(indices.numpy(), return_index=True)
+    keep = torch.from_numpy(first)
+    targets, preds, losses, top5 = (torch.cat([p[i] for p in parts])[keep] for i in range(1, 5))
+    y_true, y_pred = targets.numpy(), preds.numpy()
+    return EvalResult(losses.double().mean().item(), float(accuracy_score(y_true, y_pred)),
+                      top5.double().mean().item(), len(y_true), y_pred, y_true)
 
 
 def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size: int = 64,

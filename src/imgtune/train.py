@@ -16,12 +16,12 @@ import peft
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
-from safetensors.torch import load_file
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoint import (WEIGHTS, TrainState, checkpoint_root, find_checkpoint, load_checkpoint, save_checkpoint,
+from .checkpoint import (TrainState, check_settings, checkpoint_root, find_checkpoint,
+                         load_checkpoint, new_run_id, result_settings, save_checkpoint, set_aside_earlier_runs,
                          trainable_state)
 from .config import TrainConfig
 from .data import load_splits
@@ -82,11 +82,6 @@ def set_rank_pattern(model: torch.nn.Module, pattern: dict | None) -> None:
         model.peft_config[model.active_adapter].rank_pattern = pattern
 
 
-def best_weights(out: Path, state: TrainState) -> dict[str, torch.Tensor]:
-    """The best epoch's weights, from the best checkpoint kept on disk (after a resume)."""
-    return load_file(str(checkpoint_root(out) / state.best_checkpoint / WEIGHTS))
-
-
 def load_state_into(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -106,6 +101,35 @@ def find_epoch_sampler(loader) -> EpochSampler:
         if isinstance(getattr(node, "sampler", None), EpochSampler):
             return node.sampler
     raise RuntimeError("training loader has no EpochSampler")
+
+
+def all_bad_files(accelerator: Accelerator, bad: BadFiles) -> dict[str, str]:
+    """Each process meets only its shard's bad files: the union over all of them."""
+    merged: dict[str, str] = {}
+    for reasons in gather_object([bad.reasons]) if accelerator.num_processes > 1 else [bad.reasons]:
+        for name, reason in reasons.items():
+            merged.setdefault(name, reason)
+    return merged
+
+
+def placeholder_loss(model, normalize: BatchNormalizer, size: int, device) -> torch.Tensor:
+    """A zero loss through the real (DDP) forward and backward, for a process whose batch was all
+    unreadable files: every process must join each step's gradient all-reduce or the others hang.
+    Eval mode, so dropout draws no random numbers and batch-norm statistics stay untouched."""
+    model.eval()
+    pixels = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
+    loss = model(pixel_values=normalize(pixels), labels=torch.zeros(1, dtype=torch.long, device=device)).loss * 0.0
+    model.train()
+    return loss
+
+
+def mean_step_loss(accelerator: Accelerator, loss: torch.Tensor, images: int) -> float | None:
+    """The step's training loss over every process's images (None when all batches were empty)."""
+    if accelerator.num_processes == 1:
+        return loss.item()
+    count = torch.tensor(float(images), device=loss.device)
+    total = accelerator.reduce(torch.stack([loss.detach().float() * count, count]), reduction="sum")
+    return (total[0] / total[1]).item() if total[1] > 0 else None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -128,6 +152,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = make_accelerator(cfg)
     say = accelerator.print
     progress = cfg.progress and accelerator.is_local_main_process
+    check_settings(cfg)
     repo_id = check_push(cfg.push_to_hub, cfg.model, cfg.method, cfg.dataset) if cfg.push_to_hub else None
 
     # data
@@ -161,25 +186,34 @@ def train(cfg: TrainConfig) -> TrainResult:
                                                  if isinstance(v, (int, float, str, bool))})
 
     # resume, then loop
-    state = TrainState()
+    state = TrainState(run_id=new_run_id(), num_processes=accelerator.num_processes, settings=result_settings(cfg))
+    best_state = None
     checkpoint = find_checkpoint(out, cfg.resume) if cfg.resume else None
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
+        state, best_state = load_checkpoint(accelerator, checkpoint, cfg, model, optimizer, scheduler)
         accelerator.step = state.accumulation_step
         if state.global_step:
             set_rank_pattern(accelerator.unwrap_model(model), state.rank_pattern)
         say(f"resuming from {checkpoint} (epoch {state.epoch}, {state.batches_done} batches in, step {state.global_step})")
-    elif cfg.resume:
-        say(f"no complete checkpoint in {checkpoint_root(out)}: starting from scratch")
-    best_state = best_weights(out, state) if state.best_checkpoint else None
+    else:
+        if cfg.resume == "auto":
+            say(f"no complete checkpoint in {checkpoint_root(out)}: starting from scratch")
+        removed, moved = set_aside_earlier_runs(checkpoint_root(out)) if accelerator.is_main_process else (0, [])
+        if removed:
+            say(f"removed {removed} checkpoint(s) of a finished earlier run in {checkpoint_root(out)}")
+        for aside in moved:
+            say(f"note: moved an unfinished earlier run's checkpoints to {aside} and started afresh, as asked "
+                f"(no --resume); `--resume {aside}/checkpoint-<step>` goes back to it")
+        accelerator.wait_for_everyone()
     bad = BadFiles()
     bad.reasons.update(state.bad_files)
 
-    def checkpoint_now(name: str) -> None:
+    def checkpoint_now(name: str, best_is_current: bool = False) -> None:
         state.accumulation_step = accelerator.step
-        state.bad_files = dict(bad.reasons)
+        state.bad_files = all_bad_files(accelerator, bad)
         state.rank_pattern = current_rank_pattern(accelerator.unwrap_model(model))
-        save_checkpoint(accelerator, out, name, model, optimizer, scheduler, state, cfg.save_total_limit)
+        save_checkpoint(accelerator, out, name, model, optimizer, scheduler, state, best_state, best_is_current,
+                        cfg.save_total_limit)
 
     for epoch in range(state.epoch, cfg.epochs + 1):
         model.train()
@@ -192,10 +226,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         for batch in bar:
             state.batches_done += 1
             bad.add(batch.skipped)
-            if len(batch) == 0:
+            if len(batch) == 0 and accelerator.num_processes == 1:
                 continue
             with accelerator.accumulate(model):
-                loss = model(pixel_values=normalize(batch.pixel_values), labels=batch.labels).loss
+                if len(batch):
+                    loss = model(pixel_values=normalize(batch.pixel_values), labels=batch.labels).loss
+                else:
+                    loss = placeholder_loss(model, normalize, spec.size, accelerator.device)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -208,11 +245,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                         accelerator.unwrap_model(model).base_model.update_and_allocate(state.global_step)
                 optimizer.zero_grad()
             state.images_seen += len(batch) * accelerator.num_processes
-            step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()  # all processes' batches
-            state.epoch_loss_sum += step_loss
-            state.epoch_loss_count += 1
-            window.append(step_loss)
-            if accelerator.sync_gradients and state.global_step % cfg.logging_steps == 0:
+            step_loss = mean_step_loss(accelerator, loss, len(batch))
+            if step_loss is not None:
+                state.epoch_loss_sum += step_loss
+                state.epoch_loss_count += 1
+                window.append(step_loss)
+            if accelerator.sync_gradients and state.global_step % cfg.logging_steps == 0 and window:
                 lr = scheduler.get_last_lr()[0]
                 accelerator.log({"train/loss": sum(window) / len(window), "train/lr": lr}, step=state.global_step)
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr:.2e}")
@@ -238,7 +276,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             state.best_rank_pattern = current_rank_pattern(accelerator.unwrap_model(model))
             best_state = trainable_state(accelerator.unwrap_model(model))
         state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_loss_count = epoch + 1, 0, 0.0, 0
-        checkpoint_now(name)
+        checkpoint_now(name, best_is_current=state.best_checkpoint == name)
 
     # best epoch back, final figures, output dir
     history, best_epoch, images_seen, train_seconds = state.history, state.best_epoch, state.images_seen, state.train_seconds
@@ -249,6 +287,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     test = run_eval(model, eval_loaders["test"], normalize, accelerator, bad, "test", progress) \
         if "test" in eval_loaders else None
     say(epoch_table(history))
+    bad.reasons = all_bad_files(accelerator, bad)
     if len(bad):
         say(bad.summary())
     metrics = {
