@@ -3,7 +3,6 @@ unreadable file in train and evaluate; ``--strict`` refuses to start, naming eac
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Checkpoints: atomic, rotated, verified; a SIGKILLed run resumes to the same result bit for bit."""
 import json
-import os
 import signal
 import subprocess
 import sys

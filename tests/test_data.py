@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import write_class_folder, write_image, tiny_train_config
+from conftest import write_class_folder, write_image
 from imgtune.config import TrainConfig
 from imgtune.data import load_eval_split, load_splits
 from imgtune.errors import UserError

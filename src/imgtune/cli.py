@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import UserError
 
