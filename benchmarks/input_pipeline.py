@@ -110,7 +110,7 @@ def bench_input(folder: Path, size: int, batch_size: int, batches: int, cache_di
     normalize = BatchNormalizer(spec)
     transform = train_transform(spec)
     workers = default_workers(len(rows))
-    loader = make_loader(ImageDataset(rows, transform, spec.size), batch_size, True, 0, None)
+    loader = make_loader(ImageDataset(rows, transform, spec.size), batch_size, True, 0, workers)
     results["imgtune"] = time_batches(loader, batches, lambda b: normalize(b.pixel_values))
     del loader
 
@@ -118,7 +118,7 @@ def bench_input(folder: Path, size: int, batch_size: int, batches: int, cache_di
     cache = build_cache(cache_dir, rows, size, desc="bench", progress=True)
     results["cache_build_s"] = time.perf_counter() - started
     results["cache_mb"] = sum(p.stat().st_size for p in cache.folder.glob("*.bin")) / 2**20
-    loader = make_loader(CachedImageDataset(cache, transform, rows["label"]), batch_size, True, 0, None)
+    loader = make_loader(CachedImageDataset(cache, transform, rows["label"]), batch_size, True, 0, workers)
     results["imgtune_cache"] = time_batches(loader, batches, lambda b: normalize(b.pixel_values))
     results["workers"] = workers
     return results

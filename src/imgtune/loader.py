@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
-from torchvision.transforms.v2 import functional as F
 
 from .errors import UserError
 from .images import BadImage, decode_rgb, source_name
@@ -33,7 +33,8 @@ class ImageDataset(Dataset):
         self.rows = rows
         self.transform = transform
         self.min_side = min_side
-        self.labels = labels
+        # a plain list: indexing a datasets Column costs ~0.2 ms per lookup, more than the augmentation
+        self.labels = list(labels) if labels is not None else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -50,7 +51,13 @@ class ImageDataset(Dataset):
             image = decode_rgb(source, self.min_side)
         except BadImage as err:
             return Skipped(source_name(source), str(err))
-        return seeded_transform(self.transform, F.pil_to_tensor(image), sample_seed), label, index
+        return seeded_transform(self.transform, hwc_tensor(image), sample_seed), label, index
+
+
+def hwc_tensor(image) -> torch.Tensor:
+    """PIL RGB image -> uint8 CHW tensor in the channels-last layout the resize kernel wants
+    (v2's pil_to_tensor makes it planar, and is slower: measured 105 vs 161 us at 512 px)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 @contextmanager

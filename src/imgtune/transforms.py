@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,63 @@ class ImageSpec:
         return cls(int(size), mean, std)
 
 
-def train_transform(spec: ImageSpec, crop_scale=(0.08, 1.0), hflip: bool = True) -> v2.Compose:
-    steps = [v2.RandomResizedCrop(spec.size, scale=tuple(crop_scale), antialias=True)]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+def resize_uint8(image: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Antialiased bilinear resize of a uint8 CHW image, in the channels-last layout.
+
+    torch's uint8 kernel works on channels-last pixels; given planar ones it converts there and
+    back (measured 299 vs 127 us for a 224 px image on one core). v2.functional.resize_image
+    reshapes its input to 4-D, which turns a channels-last view planar, so the kernel is called
+    here on a 4-D view that keeps the layout. Same kernel and arguments as the v2 call.
+    """
+    batch = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return torch.nn.functional.interpolate(batch, size=size, mode="bilinear", antialias=True)[0]
 
 
-def eval_transform(spec: ImageSpec) -> v2.Compose:
-    return v2.Compose([v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size)])
+class TrainCrop(torch.nn.Module):
+    """RandomResizedCrop then a horizontal flip, for one plain uint8 CHW tensor.
+
+    The same parameter sampling as ``v2.Compose([RandomResizedCrop, RandomHorizontalFlip])``
+    (v2's own ``make_params``) and the same resize kernel, called directly: Compose's per-call
+    input flattening and type dispatch cost about a third of the per-image time (measured
+    150 of 450 us), and the layout matters more (``resize_uint8``).
+    """
+
+    def __init__(self, size: int, scale=(0.08, 1.0), hflip: bool = True):
+        super().__init__()
+        self.size = [size, size]
+        self.crop = v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)
+        self.hflip = hflip
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        p = self.crop.make_params([image])
+        region = image[..., p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
+        out = resize_uint8(region, self.size)
+        if self.hflip and torch.rand(1).item() < 0.5:
+            out = out.flip(-1)
+        return out
+
+
+class EvalCrop(torch.nn.Module):
+    """Resize the shorter side to ``size``, then centre-crop a square (v2.Resize + v2.CenterCrop)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        # v2.Resize's rounding of the longer side (int(size * long / short)), so the crop matches it
+        short, long = (h, w) if h <= w else (w, h)
+        scaled = [self.size, int(self.size * long / short)] if h <= w else [int(self.size * long / short), self.size]
+        return F.center_crop_image(resize_uint8(image, scaled), [self.size, self.size])
+
+
+def train_transform(spec: ImageSpec, crop_scale=(0.08, 1.0), hflip: bool = True) -> TrainCrop:
+    return TrainCrop(spec.size, crop_scale, hflip)
+
+
+def eval_transform(spec: ImageSpec) -> EvalCrop:
+    return EvalCrop(spec.size)
 
 
 class BatchNormalizer(torch.nn.Module):
@@ -50,4 +99,6 @@ class BatchNormalizer(torch.nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         mean, inv_std = self.mean.to(batch.device), self.inv_std.to(batch.device)
-        return (batch.float() - mean) * inv_std
+        # in place on a fresh copy: each new full-batch float tensor costs page faults (measured
+        # 5.1 ms -> 2.0 ms for 32 x 224 px on 2 cores)
+        return batch.to(torch.float32, copy=True).sub_(mean).mul_(inv_std)
