@@ -38,7 +38,7 @@ def seeds_snippet(out, image_path):
 
 
 def test_seeds_snippet_agrees_with_imgtune_predict(lora_run, square_images):
-    proc = run_cli("predict", lora_run, *square_images, "--json", "--top-k", "2")
+    proc = run_cli("predict", lora_run, *square_images, "--json", "--top-k", "2", "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr
     results = {r["image"]: r["predictions"] for r in json.loads(proc.stdout)["results"]}
     assert len(results) == 3
@@ -60,7 +60,7 @@ def test_predict_a_folder_skips_unreadable_files(lora_run, square_images, tmp_pa
 
 
 def test_predictor_batches_match_single_images(lora_run, square_images):
-    predictor = Predictor.from_dir(lora_run, device="cpu")
+    predictor = Predictor.from_dir(lora_run, device="cpu", precision="fp32")
     batched, _ = predictor.predict([str(p) for p in square_images], top_k=3, batch_size=3)
     singles = [predictor.predict([str(p)], top_k=3)[0][0] for p in square_images]
     for b, s in zip(batched, singles):
@@ -76,3 +76,22 @@ def test_an_unreadable_image_named_explicitly_is_a_user_error(lora_run, tmp_path
     proc = run_cli("predict", lora_run, bad)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot read image" in proc.stderr
+
+
+def test_predictor_merges_the_adapter_and_keeps_its_answers(lora_run, square_images):
+    merged = Predictor.from_dir(lora_run, device="cpu", precision="fp32")
+    unmerged = Predictor.from_dir(lora_run, device="cpu", precision="fp32", merge=False)
+    assert not isinstance(merged.model, PeftModel) and isinstance(unmerged.model, PeftModel)
+    paths = [str(p) for p in square_images]
+    for m, u in zip(merged.predict(paths, top_k=3)[0], unmerged.predict(paths, top_k=3)[0]):
+        assert [x["label"] for x in m["predictions"]] == [x["label"] for x in u["predictions"]]
+        assert [x["score"] for x in m["predictions"]] == pytest.approx([x["score"] for x in u["predictions"]], abs=1e-5)
+
+
+def test_bf16_predict_agrees_on_the_labels_and_fp16_on_a_cpu_is_refused(lora_run, square_images):
+    paths = [str(p) for p in square_images]
+    bf16, _ = Predictor.from_dir(lora_run, device="cpu", precision="bf16").predict(paths, top_k=1)
+    fp32, _ = Predictor.from_dir(lora_run, device="cpu", precision="fp32").predict(paths, top_k=1)
+    assert [r["predictions"][0]["label"] for r in bf16] == [r["predictions"][0]["label"] for r in fp32]
+    proc = run_cli("predict", lora_run, square_images[0], "--precision", "fp16")
+    assert proc.returncode == 2 and "needs a GPU" in proc.stderr and proc.stderr.strip().count("\n") == 0

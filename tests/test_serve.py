@@ -78,7 +78,7 @@ def close_to(got: list[dict], want: list[dict]) -> bool:
 def test_happy_path_matches_predict(server, runs, images):
     listing = httpx.get(f"{server}/v1/adapters").json()
     assert {a["name"]: a["num_labels"] for a in listing["adapters"]} == {"a": 3, "b": 2, "c": 3}
-    predictor = Predictor.from_dir(runs["a"], device="cpu")
+    predictor = Predictor.from_dir(runs["a"], device="cpu", precision="fp32")
     expected, _ = predictor.predict([str(p) for p in images[:2]], top_k=2)
     # multipart upload and raw body give what `imgtune predict` gives
     with open(images[0], "rb") as f:
@@ -93,7 +93,7 @@ def test_happy_path_matches_predict(server, runs, images):
 
 
 def test_mixed_adapter_burst_is_batched_and_each_answer_is_its_adapters(server, runs, images):
-    predictors = {n: Predictor.from_dir(p, device="cpu") for n, p in runs.items()}
+    predictors = {n: Predictor.from_dir(p, device="cpu", precision="fp32") for n, p in runs.items()}
     expected = {n: pr.predict([str(p) for p in images], top_k=3)[0] for n, pr in predictors.items()}
     jobs = [(n, i) for i in range(len(images)) for n in ("a", "b", "c")]
     before = httpx.get(f"{server}/healthz").json()
@@ -158,7 +158,7 @@ def test_mixed_peft_types_on_one_base_in_process(tmp_path, tiny_vit, colour_fold
     rows = model.probabilities(names, [model.preprocess(n, d) for n, d in zip(names, data)])
     paths = {"a": runs["a"], "h": tmp_path / "loha", "b": runs["b"]}
     for i, (name, row) in enumerate(zip(names, rows)):
-        want = Predictor.from_dir(paths[name], device="cpu").predict([str(images[i])], top_k=3)[0][0]["predictions"]
+        want = Predictor.from_dir(paths[name], device="cpu", precision="fp32").predict([str(images[i])], top_k=3)[0][0]["predictions"]
         assert close_to(model.top_k(name, row, 3), want), name
     model.remove("h")
     assert list(model.adapters) == ["a", "b"]

@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import Callable
 
+from .config import PRECISIONS
 from .errors import UserError
 
 
@@ -121,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     results, skipped = predict(args.output_dir, args.images, args.top_k, args.batch_size,
-                               "strict" if args.strict else "skip")
+                               "strict" if args.strict else "skip", precision=args.precision)
     if args.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))
     else:
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--strict", action="store_true", help="fail if any image in a folder is unreadable")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

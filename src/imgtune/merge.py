@@ -11,25 +11,39 @@ from pathlib import Path
 from .errors import UserError
 
 
-def merged_model(out: str | Path) -> tuple[object, object]:
-    """(plain merged model in eval mode, processor) for a run directory; refuses non-adapter runs."""
+def fold_adapter(model):
+    """peft's ``merge_and_unload``, checked: the plain model, or a UserError saying why this adapter
+    cannot be merged (peft raises for some methods and silently leaves layers behind for others)."""
     import peft
 
+    method = next(iter(model.peft_config.values())).peft_type
+    try:
+        merged = model.merge_and_unload()
+    except (NotImplementedError, ValueError, AttributeError, TypeError) as err:
+        raise UserError(f"peft cannot merge a {method} adapter ({err}): serve it unmerged with `imgtune serve`") from None
+    leftovers = [name for name, m in merged.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
+    if leftovers or isinstance(merged, peft.PeftModel):
+        raise UserError(f"peft left {method} layers after merging ({', '.join(leftovers[:3])}): this method cannot be merged")
+    return merged
+
+
+def try_merge(model):
+    """``model`` with its adapter folded in, or ``model`` itself where peft cannot merge that method."""
+    try:
+        return fold_adapter(model)
+    except UserError:
+        return model
+
+
+def merged_model(out: str | Path) -> tuple[object, object]:
+    """(plain merged model in eval mode, processor) for a run directory; refuses non-adapter runs."""
     from .output import load_run
 
     run = load_run(out)
     if not run.is_adapter:
         raise UserError(f"{run.path} is a full/linear run, already a plain transformers model: "
                         "load it with from_pretrained as it is, there is nothing to merge")
-    try:
-        model = run.model.merge_and_unload()
-    except (NotImplementedError, ValueError, AttributeError, TypeError) as err:
-        method = peft.PeftConfig.from_pretrained(run.path).peft_type
-        raise UserError(f"peft cannot merge a {method} adapter ({err}): serve it unmerged with `imgtune serve`") from None
-    leftovers = [name for name, m in model.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
-    if leftovers or isinstance(model, peft.PeftModel):
-        raise UserError(f"peft left adapter layers after merging ({', '.join(leftovers[:3])}): this method cannot be merged")
-    return model.eval(), run.processor
+    return fold_adapter(run.model).eval(), run.processor
 
 
 def merge(out: str | Path, to: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """Classify images with a trained run: batched, top-k labels with probabilities."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,28 +11,44 @@ from .errors import UserError
 from .images import BadImage, decode_rgb, list_images
 from .loader import ImageDataset, check_strict, make_loader
 from .output import LoadedRun, load_run
+from .precision import resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
 
 class Predictor:
     """A loaded run plus its eval preprocessing; reused by the CLI, the server and benchmarks."""
 
-    def __init__(self, run: LoadedRun, device: str | None = None):
+    def __init__(self, run: LoadedRun, device: str | None = None, precision: str = "auto", merge: bool = True):
         self.run = run
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = run.model.to(self.device).eval()
+        model = run.model
+        if merge and run.is_adapter:
+            from .merge import try_merge
+
+            # inference never switches adapters, so fold this one into the base: no adapter overhead
+            model = try_merge(model)
+        self.model = model.to(self.device).eval()
+        mode = resolve_precision(precision, self.device.type)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
         self.spec = ImageSpec.from_processor(run.processor)
         self.transform = eval_transform(self.spec)
         self.normalize = BatchNormalizer(self.spec).to(self.device)
 
     @classmethod
-    def from_dir(cls, output_dir: str | Path, device: str | None = None) -> "Predictor":
-        return cls(load_run(output_dir), device)
+    def from_dir(cls, output_dir: str | Path, device: str | None = None, precision: str = "auto",
+                 merge: bool = True) -> "Predictor":
+        return cls(load_run(output_dir), device, precision, merge)
 
-    @torch.no_grad()
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW batch (already resized/cropped) -> class probabilities."""
-        logits = self.model(pixel_values=self.normalize(pixels.to(self.device))).logits
+        with self.autocast():
+            logits = self.model(pixel_values=self.normalize(pixels.to(self.device))).logits
         return logits.float().softmax(dim=-1).cpu()
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
@@ -67,7 +84,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch_size: int = 32,
-            bad_files: str = "skip", predictor: Predictor | None = None) -> tuple[list[dict], list[dict]]:
+            bad_files: str = "skip", predictor: Predictor | None = None, precision: str = "auto") -> tuple[list[dict], list[dict]]:
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
     explicit, found = expand_inputs(inputs)
@@ -80,5 +97,5 @@ def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch
         check_strict({"inputs": found})  # names every unreadable file, as train and evaluate do
     if not explicit and not found:
         raise UserError(f"no images in {', '.join(inputs)}")
-    predictor = predictor or Predictor.from_dir(output_dir)
+    predictor = predictor or Predictor.from_dir(output_dir, precision=precision)
     return predictor.predict(explicit + found, top_k, batch_size)
