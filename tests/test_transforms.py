@@ -46,3 +46,24 @@ def test_batch_normalizer_matches_float_normalize():
     batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     want = v2.Normalize(spec.mean, spec.std)(batch.float() / 255.0)
     torch.testing.assert_close(BatchNormalizer(spec)(batch), want, atol=1e-5, rtol=1e-5)
+
+
+def test_collated_batches_are_channels_last_and_normalize_to_planar_floats():
+    from imgtune.loader import collate
+
+    spec = ImageSpec(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    torch.manual_seed(0)
+    images = [TrainCrop(16)(layouts((3, 40, 30))[1]) for _ in range(4)]
+    batch = collate([(im, i % 2, i) for i, im in enumerate(images)]).pixel_values
+    assert torch.equal(batch, torch.stack([im.contiguous() for im in images]))
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # stacked without a transpose
+    out = BatchNormalizer(spec)(batch)
+    assert out.is_contiguous() and out.dtype == torch.float32
+    want = v2.Normalize(spec.mean, spec.std)(torch.stack(images).float() / 255.0)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_normalize_leaves_the_thread_count_as_it_found_it():
+    threads = torch.get_num_threads()
+    BatchNormalizer(ImageSpec(8, (0.5,) * 3, (0.5,) * 3))(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    assert torch.get_num_threads() == threads

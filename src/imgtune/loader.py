@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .errors import UserError
 from .images import BadImage, decode_rgb, source_name
+from .transforms import single_threaded
 
 
 @dataclass(frozen=True)
@@ -60,22 +60,6 @@ def hwc_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
-@contextmanager
-def single_threaded():
-    """Per-image tensor ops on one thread. Loader workers already run that way; in the main
-    process torch would split a 224x224 resize over every core, and on a busy machine the
-    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores)."""
-    if get_worker_info() is not None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def seeded_transform(transform: Callable, pixels: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
     """Apply ``transform``; with a sample seed, its random draws come from that seed alone
     (the global RNG, which dropout uses, is left as it was)."""
@@ -116,7 +100,7 @@ class EpochSampler(Sampler):
 
 @dataclass
 class Batch:
-    pixel_values: torch.Tensor  # uint8 NCHW
+    pixel_values: torch.Tensor  # uint8 NCHW shape, channels-last strides
     labels: torch.Tensor
     indices: torch.Tensor
     skipped: list[Skipped] = field(default_factory=list)
@@ -139,13 +123,16 @@ def collate(items) -> Batch:
     if not good:
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
                      torch.empty(0, dtype=torch.long), skipped)
-    images = [it[0] for it in good]
+    # HWC views: the transforms leave images channels-last, and stacking them as they lie is a plain
+    # copy (measured 0.2 ms for 32 x 224 px) where stacking into planar NCHW transposes every pixel
+    # (3.4 ms). BatchNormalizer makes the batch planar as it converts to float, on the model's device.
+    images = [it[0].permute(1, 2, 0) for it in good]
     out = None
     if get_worker_info() is not None and len({im.shape for im in images}) == 1:
         # stack straight into shared memory, as torch's default_collate does: the batch then
         # crosses to the main process without another copy
         out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).share_memory_()
-    pixels = torch.stack(images, out=out)
+    pixels = torch.stack(images, out=out).permute(0, 3, 1, 2)
     return Batch(pixels, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), skipped)
 
 

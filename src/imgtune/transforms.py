@@ -5,11 +5,29 @@ the float conversion and normalisation run once per batch on the model's device.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import get_worker_info
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+
+@contextmanager
+def single_threaded():
+    """Input-side tensor ops on one thread. Loader workers already run that way; in the main
+    process torch would split a 224x224 resize over every core, and on a busy machine the
+    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores)."""
+    if get_worker_info() is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ def eval_transform(spec: ImageSpec) -> EvalCrop:
 
 
 class BatchNormalizer(torch.nn.Module):
-    """uint8 NCHW batch -> normalised float batch, on whatever device the batch is on."""
+    """uint8 NCHW batch (any strides) -> normalised, contiguous float NCHW batch, on the batch's device."""
 
     def __init__(self, spec: ImageSpec):
         super().__init__()
@@ -100,5 +118,14 @@ class BatchNormalizer(torch.nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         mean, inv_std = self.mean.to(batch.device), self.inv_std.to(batch.device)
         # in place on a fresh copy: each new full-batch float tensor costs page faults (measured
-        # 5.1 ms -> 2.0 ms for 32 x 224 px on 2 cores)
-        return batch.to(torch.float32, copy=True).sub_(mean).mul_(inv_std)
+        # 5.1 ms -> 2.0 ms for 32 x 224 px on 2 cores). One copy also makes a channels-last batch planar.
+        if batch.device.type != "cpu":
+            return self.convert(batch, mean, inv_std)
+        # on a CPU the loader workers hold the other cores: two threads here only wait on each
+        # other (measured 35 vs 17 ms per batch beside 2 workers on 2 cores; 4.2 vs 5.4 ms alone)
+        with single_threaded():
+            return self.convert(batch, mean, inv_std)
+
+    @staticmethod
+    def convert(batch: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+        return batch.to(torch.float32, memory_format=torch.contiguous_format, copy=True).sub_(mean).mul_(inv_std)
