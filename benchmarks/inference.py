@@ -2,7 +2,8 @@
 base vs merged vs unmerged adapter latency per method, and `imgtune serve` under loopback load.
 
     PYTHONPATH=src python benchmarks/inference.py                 # small random ViT, CPU, modest counts
-    PYTHONPATH=src python benchmarks/inference.py --vit-b16 --images 256 --requests 512
+    PYTHONPATH=src python benchmarks/inference.py --model vit-s16 --images 64 --requests 128
+    PYTHONPATH=src python benchmarks/inference.py --model vit-b16 --images 256 --requests 2000   # on a GPU
 
 Models are built locally with random weights (no network); adapters get random non-zero weights so
 merged and unmerged do real arithmetic. Prints a markdown table.
@@ -24,16 +25,23 @@ from pathlib import Path
 METHODS = ("lora", "loha", "lokr", "adalora")
 
 
-def make_base(root: Path, vit_b16: bool, num_labels: int = 10) -> Path:
+# name -> (ViTConfig arguments, description); all random weights, built locally
+MODELS = {
+    # ViT-Tiny widths, fewer layers, 64 px: per-image overheads (HTTP, decoding) weigh most here
+    "small": (dict(image_size=64, patch_size=8, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
+                   intermediate_size=768), "small ViT (192 wide, 6 layers, 64 px)"),
+    "vit-s16": (dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                     intermediate_size=1536), "ViT-S/16 shapes, 224 px"),
+    "vit-b16": (dict(image_size=224, patch_size=16), "ViT-B/16 shapes, 224 px (the reference experiment's model)"),
+}
+
+
+def make_base(root: Path, model: str, num_labels: int = 10) -> Path:
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    if vit_b16:
-        config = ViTConfig(image_size=224, patch_size=16, num_labels=num_labels)  # ViT-B/16 shapes
-    else:  # ViT-Tiny widths, fewer layers, 64 px: "small ViT" that 2 shared cores can run
-        config = ViTConfig(image_size=64, patch_size=8, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
-                           intermediate_size=768, num_labels=num_labels)
+    config = ViTConfig(num_labels=num_labels, **MODELS[model][0])
     config.id2label = {i: f"class{i}" for i in range(num_labels)}
     config.label2id = {v: k for k, v in config.id2label.items()}
     path = root / "base"
@@ -81,7 +89,7 @@ def make_images(root: Path, n: int) -> list[Path]:
     return paths
 
 
-def seeds_snippet(run: Path, base: Path, images: list[Path]) -> float:
+def seeds_snippet(run: Path, base: Path, images: list[Path], device: str) -> float:
     """The seeds' inference snippet, one image at a time: images/s."""
     import torch
     from peft import PeftModel
@@ -89,26 +97,33 @@ def seeds_snippet(run: Path, base: Path, images: list[Path]) -> float:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     processor = AutoImageProcessor.from_pretrained(run)
-    model = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base), run).eval()
+    model = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base), run).to(device).eval()
     start = time.perf_counter()
     for path in images:
-        encoding = processor(Image.open(path).convert("RGB"), return_tensors="pt")
+        encoding = processor(Image.open(path).convert("RGB"), return_tensors="pt").to(device)
         with torch.no_grad():
             model(**encoding).logits.argmax(-1).item()
     return len(images) / (time.perf_counter() - start)
 
 
-def batched_predict(run: Path, images: list[Path], batch_size: int) -> float:
+def batched_predict(run: Path, images: list[Path], batch_size: int, device: str) -> float:
     from imgtune.predict import Predictor
 
-    predictor = Predictor.from_dir(run, device="cpu")
+    predictor = Predictor.from_dir(run, device=device)  # precision auto: bf16 on a GPU
     predictor.predict([str(p) for p in images[:batch_size]], batch_size=batch_size)  # warm-up
     start = time.perf_counter()
     predictor.predict([str(p) for p in images], batch_size=batch_size)
     return len(images) / (time.perf_counter() - start)
 
 
-def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int) -> dict[str, dict[str, float]]:
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int, device: str) -> dict[str, tuple[float, float]]:
     """Median forward latency (ms) of base, merged and unmerged, timed interleaved so noise hits all alike."""
     import torch
     from transformers import AutoModelForImageClassification
@@ -117,11 +132,11 @@ def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int) -> di
     from imgtune.output import load_run
 
     size = AutoModelForImageClassification.from_pretrained(base).config.image_size
-    pixels = torch.randn(batch, 3, size, size)
-    models = {"base": AutoModelForImageClassification.from_pretrained(base).eval()}
+    pixels = torch.randn(batch, 3, size, size, device=device)
+    models = {"base": AutoModelForImageClassification.from_pretrained(base).to(device).eval()}
     for method, run in runs.items():
-        models[f"{method} unmerged"] = load_run(run).model.eval()
-        models[f"{method} merged"] = merged_model(run)[0]
+        models[f"{method} unmerged"] = load_run(run).model.to(device).eval()
+        models[f"{method} merged"] = merged_model(run)[0].to(device)
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():
@@ -130,6 +145,7 @@ def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int) -> di
             for name, m in models.items():
                 t = time.perf_counter()
                 m(pixel_values=pixels)
+                sync(device)
                 times[name].append((time.perf_counter() - t) * 1000)
     # min as well as median: on a shared machine other people's work only ever adds time, so the
     # minimum is the better estimate of what the model itself costs
@@ -175,11 +191,11 @@ def loadgen(url: str, adapters: list[str], image_dir: str, requests: int, client
 
 
 def serve_load(base: Path, adapters: dict[str, Path], image_dir: Path, requests: int, clients: int,
-               max_batch: int) -> dict:
+               max_batch: int, device: str) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(base), "--port", str(port), "--device", "cpu",
+    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(base), "--port", str(port), "--device", device,
            "--max-batch", str(max_batch), "--max-wait-ms", "5", *[f"--adapter={n}={p}" for n, p in adapters.items()]]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -211,13 +227,14 @@ def main() -> None:
         print(json.dumps(loadgen(url, adapters.split(","), image_dir, int(requests), int(clients))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vit-b16", action="store_true", help="ViT-B/16 at 224 px instead of the small ViT")
+    ap.add_argument("--model", choices=MODELS, default="small", help="base model shapes (random weights)")
     ap.add_argument("--images", type=int, default=128, help="images for snippet vs batched predict")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--latency-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--requests", type=int, default=256, help="server requests per load run")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -226,20 +243,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, quiet_transformers():
         root = Path(tmp)
-        base = make_base(root, args.vit_b16)
+        base = make_base(root, args.model)
         runs = {m: make_adapter(root, base, m) for m in METHODS}
         second = make_adapter(root, base, "lora", num_labels=5)  # another tenant, another class count
         images = make_images(root, args.images)
 
-        snippet = seeds_snippet(runs["lora"], base, images)
-        batched = batched_predict(runs["lora"], images, args.batch_size)
-        lat = latencies(base, runs, args.latency_batch, args.repeats)
-        one = serve_load(base, {"a": runs["lora"]}, root / "images", args.requests, args.clients, args.batch_size)
+        dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        snippet = seeds_snippet(runs["lora"], base, images, dev)
+        batched = batched_predict(runs["lora"], images, args.batch_size, dev)
+        lat = latencies(base, runs, args.latency_batch, args.repeats, dev)
+        one = serve_load(base, {"a": runs["lora"]}, root / "images", args.requests, args.clients, args.batch_size, dev)
         two = serve_load(base, {"a": runs["lora"], "b": second}, root / "images", args.requests, args.clients,
-                         args.batch_size)
+                         args.batch_size, dev)
 
-    model = "ViT-B/16 224px" if args.vit_b16 else "small ViT (192 wide, 6 layers, 64px)"
-    print(f"\n{model}, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    model = MODELS[args.model][1]
+    where = torch.cuda.get_device_name() if dev.startswith("cuda") else "CPU"
+    print(f"\n{model}, {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores visible\n")
     print("| measure | value | ratio |\n|---|---|---|")
     print(f"| seeds' snippet, one image at a time (LoRA) | {snippet:.1f} img/s | 1.00x |")

@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=40, help="batches timed per input pipeline, after 4 warm-up ones")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=20, help="optimizer steps timed per training run")
+    parser.add_argument("--train-rounds", type=int, default=2, help="interleaved training rounds; the best counts")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--skip-train", action="store_true", help="input pipelines only")
     args = parser.parse_args(argv)
@@ -209,10 +210,19 @@ def main(argv=None) -> int:
                  rate, rate / guide) for name, (rate, _) in r["timed"].items()]
         if not args.skip_train:
             model_dir = save_small_vit(work / "vit", args.size, 10)
-            g = bench_guide_trainer(folder, model_dir, args.batch_size, args.train_steps, args.size, work / "trainer")
-            t = bench_imgtune_train(folder, model_dir, args.batch_size, args.train_steps, work / "run", None)
-            c = bench_imgtune_train(folder, model_dir, args.batch_size, args.train_steps, work / "run-cache", work / "cache")
-            rows += [("train: guide's Trainer (fp32, CPU)", g, 1.0), ("train: imgtune.train", t, t / g),
+            runs = {"guide": lambda i: bench_guide_trainer(folder, model_dir, args.batch_size, args.train_steps,
+                                                           args.size, work / f"trainer{i}"),
+                    "imgtune": lambda i: bench_imgtune_train(folder, model_dir, args.batch_size, args.train_steps,
+                                                             work / f"run{i}", None),
+                    "cache": lambda i: bench_imgtune_train(folder, model_dir, args.batch_size, args.train_steps,
+                                                           work / f"run-cache{i}", work / "cache")}
+            # interleaved rounds, best of each: other jobs on a shared machine only ever slow a run down
+            best = dict.fromkeys(runs, 0.0)
+            for i in range(args.train_rounds):
+                for name, run in runs.items():
+                    best[name] = max(best[name], run(i))
+            g, t, c = best["guide"], best["imgtune"], best["cache"]
+            rows += [(f"train: guide's Trainer (fp32, best of {args.train_rounds})", g, 1.0), ("train: imgtune.train", t, t / g),
                      ("train: imgtune.train + cache", c, c / g)]
         print(f"\n| pipeline | images/s | vs guide |\n|---|---:|---:|")
         for name, value, ratio in rows:

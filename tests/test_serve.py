@@ -44,7 +44,7 @@ def server(runs, tiny_vit, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("serve-log") / "server.log", "w+")
     cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(tiny_vit), "--port", str(port),
            "--max-batch", "16", "--max-wait-ms", "20", "--max-bytes", "200000", "--max-pixels", "1000000",
-           "--device", "cpu", *[f"--adapter={n}={p}" for n, p in runs.items()]]
+           "--device", "cpu", "--precision", "fp32", *[f"--adapter={n}={p}" for n, p in runs.items()]]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -151,7 +151,8 @@ def test_bad_requests_get_error_codes_not_crashes(server):
 def test_mixed_peft_types_on_one_base_in_process(tmp_path, tiny_vit, colour_folder, runs, images):
     """LoHa beside LoRA needs peft's PeftMixedModel; admin add/remove keep the others' answers."""
     train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "loha", method="loha", epochs=1))
-    model = MultiAdapterModel(str(tiny_vit), [("a", runs["a"]), ("h", tmp_path / "loha")], device="cpu")
+    model = MultiAdapterModel(str(tiny_vit), [("a", runs["a"]), ("h", tmp_path / "loha")], device="cpu",
+                              precision="fp32")
     model.add("b", runs["b"])
     names = ["a", "h", "b", "h", "a", "b"]
     data = [images[i].read_bytes() for i in range(len(names))]

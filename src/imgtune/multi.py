@@ -17,12 +17,13 @@ import peft
 import torch
 import yaml
 from safetensors.torch import load_file
-from torchvision.transforms.v2 import functional as F
 
 from .errors import UserError
 from .images import MAX_PIXELS, decode_rgb
+from .loader import hwc_tensor, stack_images
 from .methods import METHODS
 from .output import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_head_size, labels_of
+from .precision import inference_autocast, resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: peft uses names as ModuleDict keys
@@ -68,12 +69,14 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
 class MultiAdapterModel:
     """A PeftModel holding every adapter; ``lock`` serialises forwards with adapter loads/deletes."""
 
-    def __init__(self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None):
+    def __init__(self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None,
+                 precision: str = "auto"):
         from .model import load_base_model
 
         if not adapters:
             raise UserError("give at least one --adapter NAME=OUTPUT_DIR")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device.type)
         self.lock = threading.Lock()
         self.adapters: dict[str, Adapter] = {}
         names = [check_name(n) for n, _ in adapters]
@@ -155,9 +158,9 @@ class MultiAdapterModel:
     def preprocess(self, name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         """Image bytes -> uint8 CHW at the adapter's size, as Predictor's data loader does it."""
         spec = self.adapters[name].spec
-        return eval_transform(spec)(F.pil_to_tensor(decode_rgb(data, spec.size, max_pixels)))
+        return eval_transform(spec)(hwc_tensor(decode_rgb(data, spec.size, max_pixels)))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def probabilities(self, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """One probability row per (adapter name, image): mixed-batch forward where every adapter in a
         group supports it and shares head width and input size, one forward per adapter otherwise."""
@@ -171,14 +174,15 @@ class MultiAdapterModel:
         with self.lock:
             for key, idx in groups.items():
                 spec = self.adapters[names[idx[0]]].spec
-                batch = self.normalizers[spec](torch.stack([pixels[i] for i in idx]).to(self.device))
+                batch = self.normalizers[spec](stack_images([pixels[i] for i in idx]).to(self.device))
                 group_names = [names[i] for i in idx]
-                if key[0] == "mixed" and len(set(group_names)) > 1:
-                    logits = self.model(pixel_values=batch, adapter_names=group_names).logits
-                else:
-                    # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
-                    self.model.set_adapter(group_names[0])
-                    logits = self.model(pixel_values=batch).logits
+                with inference_autocast(self.precision, self.device.type):
+                    if key[0] == "mixed" and len(set(group_names)) > 1:
+                        logits = self.model(pixel_values=batch, adapter_names=group_names).logits
+                    else:
+                        # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
+                        self.model.set_adapter(group_names[0])
+                        logits = self.model(pixel_values=batch).logits
                 probs = logits.float().softmax(dim=-1).cpu()
                 for j, i in enumerate(idx):
                     rows[i] = probs[j]

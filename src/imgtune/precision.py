@@ -1,6 +1,8 @@
 """Pick the autocast dtype: measured rules, not hopes."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import UserError
@@ -26,3 +28,9 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "fp16" and device_type == "cpu":
         raise UserError("fp16 mixed precision needs a GPU: use --precision bf16 or fp32 on a CPU")
     return precision
+
+
+def inference_autocast(mode: str, device_type: str):
+    """A fresh autocast context for accelerate's ``mode`` (no, bf16, fp16); a no-op for fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

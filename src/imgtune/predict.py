@@ -1,7 +1,6 @@
 """Classify images with a trained run: batched, top-k labels with probabilities."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,7 +10,7 @@ from .errors import UserError
 from .images import BadImage, decode_rgb, list_images
 from .loader import ImageDataset, check_strict, make_loader
 from .output import LoadedRun, load_run
-from .precision import resolve_precision
+from .precision import inference_autocast, resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
 
@@ -28,8 +27,7 @@ class Predictor:
             # inference never switches adapters, so fold this one into the base: no adapter overhead
             model = try_merge(model)
         self.model = model.to(self.device).eval()
-        mode = resolve_precision(precision, self.device.type)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.precision = resolve_precision(precision, self.device.type)
         self.spec = ImageSpec.from_processor(run.processor)
         self.transform = eval_transform(self.spec)
         self.normalize = BatchNormalizer(self.spec).to(self.device)
@@ -39,15 +37,10 @@ class Predictor:
                  merge: bool = True) -> "Predictor":
         return cls(load_run(output_dir), device, precision, merge)
 
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW batch (already resized/cropped) -> class probabilities."""
-        with self.autocast():
+        with inference_autocast(self.precision, self.device.type):
             logits = self.model(pixel_values=self.normalize(pixels.to(self.device))).logits
         return logits.float().softmax(dim=-1).cpu()
 

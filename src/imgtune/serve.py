@@ -13,6 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .config import PRECISIONS
 from .errors import UserError
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -241,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
-    model = MultiAdapterModel(args.base, parse_adapters(args.adapter), args.device)
+    model = MultiAdapterModel(args.base, parse_adapters(args.adapter), args.device, args.precision)
     app = create_app(model, args.max_batch, args.max_wait_ms, args.allow_admin, args.max_bytes, args.max_pixels)
     print(f"serving {', '.join(model.adapters)} on http://{args.host}:{args.port} (API docs at /docs)",
           file=sys.stderr, flush=True)
@@ -262,5 +263,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="largest accepted upload")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest accepted image (width x height)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=cmd_serve)
