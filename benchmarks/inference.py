@@ -234,6 +234,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--requests", type=int, default=256, help="server requests per load run")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="snippet/predict rounds, interleaved; the best counts")
     ap.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -249,8 +250,11 @@ def main() -> None:
         images = make_images(root, args.images)
 
         dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        snippet = seeds_snippet(runs["lora"], base, images, dev)
-        batched = batched_predict(runs["lora"], images, args.batch_size, dev)
+        # interleaved rounds, best of each: other jobs on a shared machine only ever slow a run down
+        snippet = batched = 0.0
+        for _ in range(args.rounds):
+            snippet = max(snippet, seeds_snippet(runs["lora"], base, images, dev))
+            batched = max(batched, batched_predict(runs["lora"], images, args.batch_size, dev))
         lat = latencies(base, runs, args.latency_batch, args.repeats, dev)
         one = serve_load(base, {"a": runs["lora"]}, root / "images", args.requests, args.clients, args.batch_size, dev)
         two = serve_load(base, {"a": runs["lora"], "b": second}, root / "images", args.requests, args.clients,
@@ -261,8 +265,8 @@ def main() -> None:
     print(f"\n{model}, {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores visible\n")
     print("| measure | value | ratio |\n|---|---|---|")
-    print(f"| seeds' snippet, one image at a time (LoRA) | {snippet:.1f} img/s | 1.00x |")
-    print(f"| imgtune Predictor, batch {args.batch_size} (LoRA) | {batched:.1f} img/s | {batched / snippet:.2f}x |")
+    print(f"| seeds' snippet, one image at a time (LoRA), best of {args.rounds} | {snippet:.1f} img/s | 1.00x |")
+    print(f"| imgtune Predictor, batch {args.batch_size} (LoRA, merged in memory), best of {args.rounds} | {batched:.1f} img/s | {batched / snippet:.2f}x |")
     b, bmin = lat["base"]
     print(f"| base forward, batch {args.latency_batch}, median / min of {args.repeats} | {b:.1f} / {bmin:.1f} ms "
           f"| 1.00x / 1.00x |")
