@@ -1,18 +1,70 @@
 import json
 
+import pytest
+import torch
+
 from conftest import run_cli
-from imgtune.evaluate import evaluate
+from imgtune.cli import main
+from imgtune.evaluate import evaluate, run_eval
+from imgtune.loader import ImageDataset, make_loader
+from imgtune.output import load_run
+from imgtune.transforms import BatchNormalizer, ImageSpec, eval_transform
 
 
-def test_evaluate_matches_the_training_validation_figures(lora_run, colour_folder):
-    metrics = evaluate(str(lora_run), str(colour_folder), progress=False)
-    assert metrics["count"] == 30
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["top5"] == 1.0  # 3 classes: top-5 always holds
+def unmerged_figures(run_dir, folder) -> dict:
+    """The run's own PeftModel, unmerged, over the same images: what evaluate must agree with."""
+    from imgtune.data import load_eval_split
+
+    run = load_run(run_dir)
+    spec = ImageSpec.from_processor(run.processor)
+    ds = load_eval_split(str(folder), None, run.labels, None, None)
+    loader = make_loader(ImageDataset(ds, eval_transform(spec), spec.size), 8, False, 0, 0)
+    return run_eval(run.model, loader, BatchNormalizer(spec), progress=False).metrics()
+
+
+def test_evaluate_folds_the_adapter_in_and_matches_the_unmerged_model(lora_run, colour_folder):
+    metrics = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32")
+    expected = unmerged_figures(lora_run, colour_folder)
+    assert metrics["count"] == expected["count"] == 30
+    assert metrics["accuracy"] == expected["accuracy"]
+    assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+    assert metrics["top5"] == 1.0  # 3 classes: top-5 always holds
     assert set(metrics["per_class_accuracy"]) == {"red", "green", "blue"}
 
 
+def test_evaluate_with_a_cache_builds_it_once_and_agrees(lora_run, colour_folder, tmp_path):
+    plain = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32")
+    first = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32",
+                     cache=str(tmp_path / "cache"))
+    manifests = list((tmp_path / "cache").glob("*/manifest.json"))
+    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["rows"] == 30
+    shard = next(manifests[0].parent.glob("shard-*.bin"))
+    built = shard.stat().st_mtime_ns
+    again = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32",
+                     cache=str(tmp_path / "cache"))
+    assert shard.stat().st_mtime_ns == built  # reused, not rebuilt
+    assert again == first
+    # the cache stores a slightly larger resize, so pixels differ a little from direct decoding
+    assert first["count"] == plain["count"] == 30
+    assert first["loss"] == pytest.approx(plain["loss"], abs=0.05)
+
+
 def test_evaluate_cli_json(lora_run, colour_folder):
-    proc = run_cli("evaluate", lora_run, "--dataset", colour_folder, "--json")
+    proc = run_cli("evaluate", lora_run, "--dataset", colour_folder, "--json", "--device", "cpu",
+                   "--precision", "fp32", "--num-workers", "0")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert metrics["count"] == 30 and metrics["bad_files"] == 0
+    assert metrics == evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu0", "unknown device 'gpu0'"),
+    ("cuda:7", "is not available here"),
+])
+def test_a_device_that_is_not_there_is_a_one_line_error(lora_run, colour_folder, capsys, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    assert main(["evaluate", str(lora_run), "--dataset", str(colour_folder), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgtune: error: ") and message in err and err.count("\n") == 1, err

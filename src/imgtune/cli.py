@@ -107,7 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     metrics = evaluate(args.output_dir, args.dataset, args.split, args.batch_size, args.num_workers,
-                       "strict" if args.strict else "skip", args.image_column, args.label_column, not args.json)
+                       "strict" if args.strict else "skip", args.image_column, args.label_column, not args.json,
+                       device=args.device, precision=args.precision, cache=args.cache)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -122,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     results, skipped = predict(args.output_dir, args.images, args.top_k, args.batch_size,
-                               "strict" if args.strict else "skip", precision=args.precision)
+                               "strict" if args.strict else "skip", precision=args.precision, device=args.device)
     if args.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))
     else:
@@ -160,6 +161,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the GPU if there is one)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column")
     p.add_argument("--label-column")
     p.add_argument("--strict", action="store_true", help="fail if any image is unreadable")
+    p.add_argument("--cache", help="directory for a preprocessed image cache (shared with train's --cache)")
+    add_inference_flags(p)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -186,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--strict", action="store_true", help="fail if any image in a folder is unreadable")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
+    add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix
 from tqdm.auto import tqdm
 
-from .loader import BadFiles, ImageDataset, check_strict, make_loader
-from .transforms import BatchNormalizer, ImageSpec, eval_transform
+from .loader import BadFiles, check_strict, image_dataset, loader_workers, make_loader
+from .precision import inference_autocast
+from .transforms import BatchNormalizer
 
 
 @dataclass
@@ -83,19 +84,24 @@ def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: B
 
 def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size: int = 64,
              num_workers: int | None = None, bad_files: str = "skip", image_column: str | None = None,
-             label_column: str | None = None, progress: bool = True) -> dict:
-    """Evaluate a trained run (adapter or full model directory) on a dataset split."""
+             label_column: str | None = None, progress: bool = True, *, device: str | None = None,
+             precision: str = "auto", cache: str | None = None) -> dict:
+    """Evaluate a trained run (adapter or full model directory) on a dataset split, on ``device``
+    (default: the GPU when there is one) with the adapter folded into the base, as predict does."""
     from .data import load_eval_split
-    from .output import load_run
+    from .predict import Predictor
 
-    run = load_run(output_dir)
+    predictor = Predictor.from_dir(output_dir, device, precision)
+    run, spec = predictor.run, predictor.spec
     ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
-    spec = ImageSpec.from_processor(run.processor)
     if bad_files == "strict":
         check_strict({"eval": ds}, spec.size)
-    loader = make_loader(ImageDataset(ds, eval_transform(spec), spec.size), batch_size, False, 0, num_workers)
+    on = predictor.device.type
+    loader = make_loader(image_dataset(ds, predictor.transform, spec.size, cache, "eval", progress), batch_size,
+                         False, 0, loader_workers(num_workers, on), pin_memory=on == "cuda")
     bad = BadFiles()
-    result = run_eval(run.model, loader, BatchNormalizer(spec), bad=bad, progress=progress)
+    with inference_autocast(predictor.precision, on):
+        result = run_eval(predictor.model, loader, predictor.normalize, bad=bad, progress=progress)
     metrics = result.metrics()
     metrics.update(per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
                    bad_files=len(bad), bad_file_names=sorted(bad.reasons))

@@ -206,6 +206,15 @@ def default_workers(num_items: int) -> int:
     return min(8, usable_cores())
 
 
+def loader_workers(requested: int | None, device_type: str) -> int | None:
+    """The user's count, else 0 when the model runs on the CPU: its forward pass already uses every
+    core and loader processes only contend with it (measured on 2 cores: 2 workers made a training
+    run 2.7x slower); else None, which make_loader sizes to the machine."""
+    if requested is not None:
+        return requested
+    return 0 if device_type == "cpu" else None
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int | None,
                 pin_memory: bool = False) -> DataLoader:
     workers = default_workers(len(dataset)) if num_workers is None else num_workers
@@ -220,24 +229,27 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
     )
 
 
+def image_dataset(rows, transform: Callable, size: int, cache: str | None = None, desc: str = "images",
+                  progress: bool = True) -> Dataset:
+    """Labelled rows as a dataset: decoded on the fly, or read from the preprocessed cache under
+    ``cache`` (built on first use, reused while the source is unchanged)."""
+    if not cache:
+        return ImageDataset(rows, transform, size)
+    from .cache import CachedImageDataset, build_cache
+
+    return CachedImageDataset(build_cache(cache, rows, size, desc=desc, progress=progress), transform, rows["label"])
+
+
 def build_loaders(cfg, data, spec, pin_memory: bool = False) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """The training loader (augmented, shuffled) and the validation/test loaders of a run;
-    with ``cfg.cache`` the images come from the preprocessed cache (built on first use)."""
+    """The training loader (augmented, shuffled) and the validation/test loaders of a run."""
     from .transforms import eval_transform, train_transform
 
     def dataset(name, rows, transform):
-        if not getattr(cfg, "cache", None):
-            return ImageDataset(rows, transform, spec.size)
-        from .cache import CachedImageDataset, build_cache
+        return image_dataset(rows, transform, spec.size, getattr(cfg, "cache", None), name,
+                             getattr(cfg, "progress", True))
 
-        cache = build_cache(cfg.cache, rows, spec.size, desc=name, progress=getattr(cfg, "progress", True))
-        return CachedImageDataset(cache, transform, rows["label"])
-
-    workers = cfg.num_workers
-    if workers is None and not (pin_memory or torch.backends.mps.is_available()):
-        # training on the CPU: the forward/backward pass already uses every core, and loader
-        # processes only contend with it (measured: 2 workers made a 2-core run 2.7x slower)
-        workers = 0
+    on_cpu = not (pin_memory or torch.backends.mps.is_available())
+    workers = loader_workers(cfg.num_workers, "cpu" if on_cpu else "accelerator")
     train = make_loader(dataset("train", data.train, train_transform(spec, cfg.crop_scale, cfg.hflip)),
                         cfg.batch_size, True, cfg.seed, workers, pin_memory)
     evals = {name: make_loader(dataset(name, ds, eval_transform(spec)), cfg.eval_batch_size or cfg.batch_size,

@@ -23,7 +23,7 @@ from .images import MAX_PIXELS, decode_rgb
 from .loader import hwc_tensor, stack_images
 from .methods import METHODS
 from .output import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_head_size, labels_of
-from .precision import inference_autocast, resolve_precision
+from .precision import inference_autocast, resolve_device, resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: peft uses names as ModuleDict keys
@@ -75,7 +75,7 @@ class MultiAdapterModel:
 
         if not adapters:
             raise UserError("give at least one --adapter NAME=OUTPUT_DIR")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device.type)
         self.lock = threading.Lock()
         self.adapters: dict[str, Adapter] = {}

@@ -8,9 +8,9 @@ import torch
 
 from .errors import UserError
 from .images import BadImage, decode_rgb, list_images
-from .loader import ImageDataset, check_strict, make_loader
+from .loader import ImageDataset, check_strict, loader_workers, make_loader
 from .output import LoadedRun, load_run
-from .precision import inference_autocast, resolve_precision
+from .precision import inference_autocast, resolve_device, resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
 
 
@@ -19,7 +19,7 @@ class Predictor:
 
     def __init__(self, run: LoadedRun, device: str | None = None, precision: str = "auto", merge: bool = True):
         self.run = run
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         model = run.model
         if merge and run.is_adapter:
             from .merge import try_merge
@@ -41,7 +41,7 @@ class Predictor:
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW batch (already resized/cropped) -> class probabilities."""
         with inference_autocast(self.precision, self.device.type):
-            logits = self.model(pixel_values=self.normalize(pixels.to(self.device))).logits
+            logits = self.model(pixel_values=self.normalize(pixels.to(self.device, non_blocking=True))).logits
         return logits.float().softmax(dim=-1).cpu()
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
@@ -52,7 +52,9 @@ class Predictor:
     def predict(self, sources: Sequence[Any], top_k: int = 5, batch_size: int = 32,
                 num_workers: int | None = None) -> tuple[list[dict], list[dict]]:
         """(results, skipped): one result per readable source, in order; unreadable ones skipped."""
-        loader = make_loader(ImageDataset(list(sources), self.transform, self.spec.size), batch_size, False, 0, num_workers)
+        workers = loader_workers(num_workers, self.device.type)
+        loader = make_loader(ImageDataset(list(sources), self.transform, self.spec.size), batch_size, False, 0,
+                             workers, pin_memory=self.device.type == "cuda")
         results, skipped = [], []
         for batch in loader:
             skipped += [{"image": s.name, "error": s.reason} for s in batch.skipped]
@@ -77,7 +79,8 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch_size: int = 32,
-            bad_files: str = "skip", predictor: Predictor | None = None, precision: str = "auto") -> tuple[list[dict], list[dict]]:
+            bad_files: str = "skip", predictor: Predictor | None = None, precision: str = "auto",
+            device: str | None = None) -> tuple[list[dict], list[dict]]:
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
     explicit, found = expand_inputs(inputs)
@@ -90,5 +93,5 @@ def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch
         check_strict({"inputs": found})  # names every unreadable file, as train and evaluate do
     if not explicit and not found:
         raise UserError(f"no images in {', '.join(inputs)}")
-    predictor = predictor or Predictor.from_dir(output_dir, precision=precision)
+    predictor = predictor or Predictor.from_dir(output_dir, device, precision)
     return predictor.predict(explicit + found, top_k, batch_size)

@@ -13,7 +13,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .config import PRECISIONS
 from .errors import UserError
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -251,6 +250,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_command(subparsers) -> None:
+    from .cli import add_inference_flags
+
     p = subparsers.add_parser("serve", help="HTTP server: one base model, many adapters, micro-batched")
     p.add_argument("--base", required=True, help="base model (hub id or directory) the adapters were trained on")
     p.add_argument("--adapter", action="append", required=True, metavar="NAME=OUTPUT_DIR",
@@ -262,8 +263,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--allow-admin", action="store_true", help="allow POST/DELETE /v1/adapters/NAME")
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="largest accepted upload")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest accepted image (width x height)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
+    add_inference_flags(p)
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=cmd_serve)
