@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import peft
@@ -35,6 +36,18 @@ def quiet_transformers():
         transformers.logging.set_verbosity(level)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_adalora_reload():
+    """Hide peft's "rank_pattern keys did not match any targeted module" when an AdaLoRA adapter is
+    loaded. Its generic check (peft 0.21) reads AdaLoRA's saved rank_pattern, whose keys name the
+    ``lora_E`` parameters rather than modules, as a LoRA pattern; AdaLoRA applies those ranks itself
+    (a reloaded AdaLoRA run predicts exactly as the trained one: tests/test_methods.py)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match .*lora_E",
+                                category=RuntimeWarning)
+        yield
 
 
 def resolve_model_path(name: str) -> str:

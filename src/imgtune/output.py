@@ -16,7 +16,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from .errors import UserError
-from .model import HEAD_NAMES, load_base_model, quiet_transformers
+from .model import HEAD_NAMES, load_base_model, quiet_adalora_reload, quiet_transformers
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -79,7 +79,8 @@ def load_run(path: str | Path) -> LoadedRun:
     if is_adapter:
         check_head_size(out, len(labels))
         base = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
-        model = peft.PeftModel.from_pretrained(load_base_model(base, labels), out)
+        with quiet_adalora_reload():
+            model = peft.PeftModel.from_pretrained(load_base_model(base, labels), out)
     else:
         with quiet_transformers():
             model = AutoModelForImageClassification.from_pretrained(out)
