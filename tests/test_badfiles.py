@@ -78,3 +78,30 @@ def test_predict_on_a_folder_skips_the_same_files_and_strict_refuses(skip_run, p
     proc = run_cli("predict", skip_run, folder, "--strict")
     assert proc.returncode == 2 and all(path in proc.stderr for path in unreadable), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_strict_on_a_cache_names_every_file_from_the_cache_without_decoding_again(
+        tmp_path, tiny_vit, skip_run, planted, monkeypatch):
+    import imgtune.loader
+    from imgtune.errors import UserError
+    from imgtune.evaluate import evaluate
+    from imgtune.train import train
+
+    folder, unreadable = planted
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError) as first:
+        train(tiny_train_config(tiny_vit, folder, tmp_path / "strict", epochs=1, bad_files="strict", cache=str(cache)))
+    assert f"{len(unreadable)} unreadable image(s)" in str(first.value)
+    assert all(path in str(first.value) for path in unreadable)
+    assert not (tmp_path / "strict" / "metrics.json").exists()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached dataset was decoded again for --strict")
+
+    monkeypatch.setattr(imgtune.loader, "find_bad_files", no_decoding)
+    with pytest.raises(UserError) as again:
+        train(tiny_train_config(tiny_vit, folder, tmp_path / "strict", epochs=1, bad_files="strict", cache=str(cache)))
+    assert str(again.value) == str(first.value)
+    with pytest.raises(UserError) as evaluated:  # evaluate's own cache of the whole folder
+        evaluate(str(skip_run), str(folder), bad_files="strict", cache=str(cache), progress=False, device="cpu")
+    assert all(path in str(evaluated.value) for path in unreadable)

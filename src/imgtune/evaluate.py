@@ -94,11 +94,11 @@ def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size
     predictor = Predictor.from_dir(output_dir, device, precision)
     run, spec = predictor.run, predictor.spec
     ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
+    images = image_dataset(ds, predictor.transform, spec.size, cache, "eval", progress)
     if bad_files == "strict":
-        check_strict({"eval": ds}, spec.size)
+        check_strict({"eval": images})
     on = predictor.device.type
-    loader = make_loader(image_dataset(ds, predictor.transform, spec.size, cache, "eval", progress), batch_size,
-                         False, 0, loader_workers(num_workers, on), pin_memory=on == "cuda")
+    loader = make_loader(images, batch_size, False, 0, loader_workers(num_workers, on), pin_memory=on == "cuda")
     bad = BadFiles()
     with inference_autocast(predictor.precision, on):
         result = run_eval(predictor.model, loader, predictor.normalize, bad=bad, progress=progress)

@@ -179,9 +179,20 @@ def find_bad_files(rows, min_side: int | None = None, workers: int | None = None
         return [s for s in pool.map(check, rows, chunksize=64) if s is not None]
 
 
-def check_strict(named_rows: dict, min_side: int | None = None) -> None:
-    """The ``strict`` policy: refuse to start if any image anywhere is unreadable."""
-    bad = [s for rows in named_rows.values() if rows is not None for s in find_bad_files(rows, min_side)]
+def find_unreadable(source, min_side: int | None = None) -> list[Skipped]:
+    """The unreadable images of rows or of a dataset. A cached dataset already knows its own (found
+    while the cache was built and kept with it), so a ``strict`` run on a cache decodes nothing again."""
+    cache = getattr(source, "cache", None)
+    if cache is not None:
+        return [cache.bad[i] for i in sorted(cache.bad)]
+    if isinstance(source, ImageDataset):
+        return find_bad_files(source.rows, source.min_side)
+    return find_bad_files(source, min_side)
+
+
+def check_strict(named: dict, min_side: int | None = None) -> None:
+    """The ``strict`` policy: refuse to start if any image anywhere (rows or datasets) is unreadable."""
+    bad = [s for source in named.values() if source is not None for s in find_unreadable(source, min_side)]
     if bad:
         listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
         raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--strict; drop it to skip and list them instead): {listing}")

@@ -161,9 +161,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     say(f"data: {cfg.dataset}: {data.summary()}")
     processor = load_processor(cfg.model, load_model_config(cfg.model))
     spec = ImageSpec.from_processor(processor, cfg.image_size)
-    if cfg.bad_files == "strict":
-        check_strict({"train": data.train, "validation": data.validation, "test": data.test}, spec.size)
     train_loader, eval_loaders = build_loaders(cfg, data, spec, pin_memory=accelerator.device.type == "cuda")
+    if cfg.bad_files == "strict":
+        check_strict({"train": train_loader.dataset, **{k: v.dataset for k, v in eval_loaders.items()}})
 
     # model + adapter
     batches_per_process = math.ceil(len(data.train) / (cfg.batch_size * accelerator.num_processes))
