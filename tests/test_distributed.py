@@ -64,8 +64,11 @@ def test_unreadable_files_and_empty_batches_do_not_hang_two_processes(tmp_path, 
     write_class_folder(data / "validation", per_class=2, classes=two_classes, seed=1)
     for broken in ("train/red/broken-1.jpg", "train/green/broken-2.png", "validation/red/broken-3.jpg"):
         (data / broken).write_bytes(b"not an image")
-    proc = launch(2, tiny_vit, data, tmp_path / "run", 1, "--eval-batch-size", "1", "--save-steps", "2")
+    # through the preprocessed cache (one process builds it, the other reads it): same counts
+    proc = launch(2, tiny_vit, data, tmp_path / "run", 1, "--eval-batch-size", "1", "--save-steps", "2",
+                  "--cache", str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2
     metrics = read_metrics(tmp_path / "run")
     # every process's bad files are counted (each saw only its own shard)
     assert sorted(Path(n).name for n in metrics["bad_file_names"]) == ["broken-1.jpg", "broken-2.png", "broken-3.jpg"]

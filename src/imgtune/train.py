@@ -161,7 +161,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     say(f"data: {cfg.dataset}: {data.summary()}")
     processor = load_processor(cfg.model, load_model_config(cfg.model))
     spec = ImageSpec.from_processor(processor, cfg.image_size)
-    train_loader, eval_loaders = build_loaders(cfg, data, spec, pin_memory=accelerator.device.type == "cuda")
+    with accelerator.local_main_process_first():  # one process per machine builds the --cache, the others read it
+        train_loader, eval_loaders = build_loaders(cfg, data, spec, pin_memory=accelerator.device.type == "cuda")
     if cfg.bad_files == "strict":
         check_strict({"train": train_loader.dataset, **{k: v.dataset for k, v in eval_loaders.items()}})
 
