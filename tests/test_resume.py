@@ -38,6 +38,8 @@ def test_resume_from_a_checkpoint_copied_elsewhere(tmp_path, tiny_vit, colour_fo
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
+# modules pruned to rank 0 are saved as (0, n) tensors: peft's ZeRO-3 alarm about them must stay hidden
+@pytest.mark.filterwarnings(r"error:.*LoRA tensor\(s\) have invalid shape")
 def test_adalora_resumes_exactly_during_and_after_rank_allocation(tmp_path, tiny_vit, colour_folder):
     # 18 steps: importance is tracked and ranks cut from step 3 to 13, frozen at 14 (tfinal 4)
     cfg = tiny_train_config(tiny_vit, colour_folder, tmp_path / "straight", method="adalora", rank=2, epochs=3,

@@ -39,14 +39,17 @@ def quiet_transformers():
 
 
 @contextlib.contextmanager
-def quiet_adalora_reload():
-    """Hide peft's "rank_pattern keys did not match any targeted module" when an AdaLoRA adapter is
-    loaded. Its generic check (peft 0.21) reads AdaLoRA's saved rank_pattern, whose keys name the
-    ``lora_E`` parameters rather than modules, as a LoRA pattern; AdaLoRA applies those ranks itself
-    (a reloaded AdaLoRA run predicts exactly as the trained one: tests/test_methods.py)."""
+def quiet_adalora():
+    """Hide two of peft's (0.21) warnings that are false alarms for AdaLoRA. Loading: "rank_pattern
+    keys did not match any targeted module": its generic check reads AdaLoRA's saved rank_pattern, whose
+    keys name ``lora_E`` parameters rather than modules, as a LoRA pattern; AdaLoRA applies those ranks
+    itself (a reloaded AdaLoRA run predicts exactly as the trained one: tests/test_methods.py). Saving:
+    "LoRA tensor(s) have invalid shape ... DeepSpeed ZeRO-3 / FSDP": a module whose rank AdaLoRA
+    pruned to 0 is saved as a (0, n) tensor, as it should be."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match .*lora_E",
                                 category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
         yield
 
 

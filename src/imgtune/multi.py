@@ -22,7 +22,7 @@ from .errors import UserError
 from .images import MAX_PIXELS, decode_rgb
 from .loader import hwc_tensor, stack_images
 from .methods import METHODS
-from .model import quiet_adalora_reload
+from .model import quiet_adalora
 from .output import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RUN_CONFIG, check_head_size, labels_of
 from .precision import inference_autocast, resolve_device, resolve_precision
 from .transforms import BatchNormalizer, ImageSpec, eval_transform
@@ -97,7 +97,7 @@ class MultiAdapterModel:
                                 f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})")
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
         self.base = base
-        with quiet_adalora_reload():
+        with quiet_adalora():
             self.model = cls.from_pretrained(load_base_model(base, first.labels), first.path,
                                              adapter_name=first.name).to(self.device).eval()
         self.adapters[first.name] = first
@@ -113,7 +113,7 @@ class MultiAdapterModel:
             if name in self.adapters:
                 raise UserError(f"adapter {name!r} is already loaded")
             try:
-                with warnings.catch_warnings(), quiet_adalora_reload():
+                with warnings.catch_warnings(), quiet_adalora():
                     # the skipped head tensors are loaded by _fit_heads below
                     warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
                     self.model.load_adapter(str(adapter.path), adapter_name=name, ignore_mismatched_sizes=True)

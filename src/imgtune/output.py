@@ -7,6 +7,7 @@ A ``full``/``linear`` run is a plain transformers model directory.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from .errors import UserError
-from .model import HEAD_NAMES, load_base_model, quiet_adalora_reload, quiet_transformers
+from .model import HEAD_NAMES, load_base_model, quiet_adalora, quiet_transformers
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -39,7 +40,9 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_run(out: Path, model: torch.nn.Module, processor) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # peft: adapter only; plain model: full weights
+    adalora = isinstance(model, peft.PeftModel) and model.peft_config[model.active_adapter].peft_type == peft.PeftType.ADALORA
+    with quiet_adalora() if adalora else contextlib.nullcontext():
+        model.save_pretrained(out)  # peft: adapter only; plain model: full weights
     if isinstance(model, peft.PeftModel):
         base_model(model).config.save_pretrained(out)  # label maps for inference
     processor.save_pretrained(out)
@@ -79,7 +82,7 @@ def load_run(path: str | Path) -> LoadedRun:
     if is_adapter:
         check_head_size(out, len(labels))
         base = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
-        with quiet_adalora_reload():
+        with quiet_adalora():
             model = peft.PeftModel.from_pretrained(load_base_model(base, labels), out)
     else:
         with quiet_transformers():
