@@ -61,6 +61,15 @@ def test_error_matrix(capsys, tmp_path, tiny_vit, colour_folder, not_a_classifie
                                              "--target-modules", "qkv")
     assert "fp16 mixed precision needs a GPU" in error_of(capsys, *train, "--model", tiny_vit,
                                                           "--dataset", colour_folder, "--precision", "fp16")
+    assert "cannot take 64-px images" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", colour_folder,
+                                                  "--image-size", "64")
+    assert "--resume /nowhere: no such checkpoint" in error_of(capsys, *train, "--model", tiny_vit,
+                                                               "--dataset", colour_folder, "--resume", "/nowhere")
+    rows = "".join(f"{p.relative_to(colour_folder)},{p.parent.name}\n" for p in sorted(colour_folder.rglob("*.*")))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "rows.csv").write_text(rows)  # paths relative to the wrong folder: nothing readable
+    err = error_of(capsys, *train, "--model", tiny_vit, "--dataset", tmp_path / "sub" / "rows.csv")
+    assert "none of the" in err and "training images could be read" in err and "CSV's own folder" in err
 
 
 def test_adapter_with_the_wrong_label_count(capsys, tmp_path, lora_run, colour_folder):
@@ -74,6 +83,14 @@ def test_adapter_with_the_wrong_label_count(capsys, tmp_path, lora_run, colour_f
     assert "3-class head but its config.json lists 2 labels" in error_of(capsys, "predict", copy, image)
     assert "not an imgtune output directory" in error_of(capsys, "predict", tmp_path, image)
     assert "no such file" in error_of(capsys, "predict", lora_run, tmp_path / "nope.jpg")
+    assert "--top-k must be at least 1, got 0" in error_of(capsys, "predict", lora_run, image, "--top-k", "0")
+    assert "--batch-size must be at least 1" in error_of(capsys, "predict", lora_run, image, "--batch-size", "0")
+    assert "--batch-size must be at least 1" in error_of(capsys, "evaluate", lora_run, "--dataset", colour_folder,
+                                                         "--batch-size", "-3")
+    assert "--num-workers must be at least 0" in error_of(capsys, "evaluate", lora_run, "--dataset", colour_folder,
+                                                          "--num-workers", "-1")
+    (tmp_path / "a-file").write_text("")
+    assert "File exists" in error_of(capsys, "merge", lora_run, "--to", tmp_path / "a-file")
 
 
 def test_listing_commands(capsys):

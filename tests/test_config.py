@@ -36,6 +36,18 @@ def test_saved_config_loads_back(tmp_path):
     ("epoks: 3\n", "unknown setting"),
     ("precision: fp8\n", "unknown precision"),
     ("epochs: 0\n", "--epochs must be at least 1"),
+    ("epoks: 3\n", r"epoks \(did you mean epochs\?\)"),
+    ("learning_rate: 0.01\n", r"learning_rate \(did you mean lr\?\)"),
+    ("epochs: two\n", "setting epochs must be a whole number, got 'two'"),
+    ("hflip: maybe\n", "setting hflip must be true or false"),
+    # a negative norm would flip the gradients inside clip_grad_norm_ and train in reverse
+    ("max_grad_norm: -1\n", r"--max-grad-norm must be above 0, got -1"),
+    ("warmup_ratio: 2\n", r"--warmup-ratio must be in \[0, 1\), got 2"),
+    ("weight_decay: -1\n", "--weight-decay must be at least 0"),
+    ("num_workers: -1\n", "--num-workers must be at least 0"),
+    ("image_size: 0\n", "--image-size must be at least 1"),
+    ("dropout: 1\n", r"--dropout must be in \[0, 1\)"),
+    ("crop_scale: [0.9, 0.2]\n", "crop_scale must be two numbers"),
 ])
 def test_bad_config_files_are_user_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -47,3 +59,10 @@ def test_bad_config_files_are_user_errors(tmp_path, text, message):
 def test_unknown_preset_names_the_presets():
     with pytest.raises(UserError, match="food101-lora"):
         load_config("food101-lorra")
+
+
+def test_a_single_string_is_read_as_a_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("target_modules: all-linear\nclasses: red, green\n")
+    cfg = load_config(path)
+    assert cfg.target_modules == ["all-linear"] and cfg.classes == ["red", "green"]

@@ -1,4 +1,5 @@
 """`imgtune demo` is a real run: backbone trained on digits 0-4, LoRA on 5-9, predictions via the saved adapter."""
+import json
 import re
 
 from conftest import read_metrics, run_cli
@@ -22,3 +23,10 @@ def test_demo_end_to_end(tmp_path):
     predictions = re.findall(r"predicted (\d) \([0-9.]+\), true (\d)", proc.stdout)
     assert len(predictions) == 6
     assert sum(p == t for p, t in predictions) >= 5
+    # the evaluate command the demo suggests reproduces the reported test accuracy on the held-out images
+    evaluated = run_cli("evaluate", out, "--dataset", tmp_path / "demo" / "test-digits-5-9", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"--dataset {tmp_path / 'demo' / 'test-digits-5-9'}" in proc.stdout
+    figures = json.loads(evaluated.stdout)
+    assert figures["count"] == metrics["test"]["count"]
+    assert abs(figures["accuracy"] - metrics["test"]["accuracy"]) < 1e-9

@@ -68,3 +68,12 @@ def test_a_device_that_is_not_there_is_a_one_line_error(lora_run, colour_folder,
     assert main(["evaluate", str(lora_run), "--dataset", str(colour_folder), "--device", device]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imgtune: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_set_with_no_readable_image_is_a_one_line_error(lora_run, colour_folder, tmp_path):
+    from imgtune.errors import UserError
+
+    rows = "".join(f"{p.name},{p.parent.name}\n" for p in sorted(colour_folder.rglob("*.*")))
+    (tmp_path / "rows.csv").write_text(rows)  # bare names: read from tmp_path, where there are none
+    with pytest.raises(UserError, match=r"none of the \d+ images .* could be read.*CSV's own folder"):
+        evaluate(str(lora_run), str(tmp_path / "rows.csv"), progress=False, device="cpu")

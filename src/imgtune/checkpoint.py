@@ -275,6 +275,9 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
         done = complete_checkpoints(checkpoint_root(out))
         return done[-1] if done else None
     path = Path(resume).expanduser()
+    if not path.exists():
+        raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or one of "
+                        f"{checkpoint_root(out)}/checkpoint-*")
     if not (path / MANIFEST).is_file():
         raise UserError(f"--resume {resume}: not a complete checkpoint (no {MANIFEST} manifest in it); "
                         f"use --resume auto or one of {checkpoint_root(out)}/checkpoint-*")

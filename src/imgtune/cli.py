@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"imgtune: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be read or written (exists as a file, no permission, no space)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"imgtune: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("imgtune: interrupted", file=sys.stderr)
         return 130

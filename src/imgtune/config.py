@@ -6,6 +6,8 @@ arguments or reads globals.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -71,22 +73,22 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("target_modules", "classes"):  # YAML's `target_modules: all-linear` or `classes: a,b`
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [v.strip() for v in value.split(",") if v.strip()])
         self.validate()
 
     def validate(self) -> None:
+        check_types(self)
+        check_ranges(self)
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.bad_files not in BAD_FILE_POLICIES:
             raise UserError(f"unknown bad-file policy {self.bad_files!r}: use 'skip' or 'strict'")
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.test_from_validation is not None and not 0 < self.test_from_validation < 1:
-            raise UserError(f"--test-from-validation must be between 0 and 1, got {self.test_from_validation}")
+        low, high = self.crop_scale if len(self.crop_scale) == 2 else (None, None)
+        if low is None or not 0 < low <= high <= 1:
+            raise UserError(f"crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +98,58 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# setting -> (lowest, highest, brackets): "[" / "]" include the bound, "(" / ")" exclude it;
+# settings left at None are not checked
+INF = math.inf
+RANGES: dict[str, tuple[float, float, str]] = {
+    **{name: (1, INF, "[)") for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_samples",
+                                         "max_eval_samples", "logging_steps", "save_steps", "save_total_limit",
+                                         "image_size", "rank")},
+    "num_workers": (0, INF, "[)"), "weight_decay": (0, INF, "[)"), "alpha": (0, INF, "()"), "lr": (0, INF, "()"),
+    # a negative max norm would flip the gradients' sign inside clip_grad_norm_
+    "max_grad_norm": (0, INF, "()"), "dropout": (0, 1, "[)"), "warmup_ratio": (0, 1, "[)"),
+    "val_fraction": (0, 1, "()"), "test_fraction": (0, 1, "()"), "test_from_validation": (0, 1, "()"),
+}
+# what people bring from Trainer scripts and peft configs
+ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+           "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size": "eval_batch_size",
+           "gradient_accumulation_steps": "grad_accum", "r": "rank", "lora_r": "rank", "lora_alpha": "alpha",
+           "lora_dropout": "dropout", "model_name_or_path": "model", "fp16": "precision", "bf16": "precision"}
+SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
+              "list[str]": "a list", "list[float]": "a list of numbers", "dict[str, Any]": "a mapping"}
+
+
+def check_types(cfg: "TrainConfig") -> None:
+    """Name the setting whose value has the wrong type (YAML's ``epochs: two``), before anything compares it."""
+    for f in fields(cfg):
+        value, annotation = getattr(cfg, f.name), str(f.type)
+        if value is None and "None" in annotation:
+            continue
+        base = annotation.replace(" | None", "")
+        kinds = SIMPLE_TYPES.get(base, (list,) if base.startswith("list") else (dict,) if base.startswith("dict") else None)
+        if kinds is None:
+            continue
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise UserError(f"setting {f.name} must be {TYPE_WORDS.get(base, base)}, "
+                            f"got {value!r}")
+
+
+def check_ranges(cfg: "TrainConfig") -> None:
+    for name, (low, high, brackets) in RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        above = low <= value if brackets[0] == "[" else low < value
+        below = value <= high if brackets[1] == "]" else value < high
+        if not (above and below):
+            if high == INF:
+                bound = f"at least {low}" if brackets[0] == "[" else f"above {low}"
+            else:
+                bound = f"in {brackets[0]}{low}, {high}{brackets[1]}"
+            raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
 
 
 def list_presets() -> list[str]:
@@ -134,7 +188,11 @@ def load_config(config: str | Path | None = None, **overrides: Any) -> TrainConf
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"unknown setting(s) {', '.join(unknown)} in config: see README's config reference")
+        hints = [f"{name} (did you mean {close[0]}?)"
+                 if (close := [ALIASES[name]] if name in ALIASES else difflib.get_close_matches(name, known, n=1))
+                 else name for name in unknown]
+        raise UserError(f"unknown setting(s) {', '.join(hints)} in config: the settings are the fields of "
+                        "`imgtune train --help` with underscores (batch_size for --batch-size)")
     try:
         return TrainConfig(**values)
     except TypeError as err:

@@ -68,6 +68,9 @@ def load_folder_dataset(folder: Path) -> datasets.DatasetDict:
     return loaded
 
 
+CSV_PATHS_HINT = " (a CSV's relative paths are read from the CSV's own folder)"
+
+
 def load_csv_dataset(path: Path) -> datasets.DatasetDict:
     """A CSV of path,label rows (header optional); relative paths are relative to the CSV."""
     with path.open(newline="") as fh:
@@ -167,8 +170,14 @@ def keep_classes(ds: datasets.Dataset, classes: list[str], allow_missing: bool =
 def stratified_split(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(rest, held_out) with ``fraction`` held out, class proportions kept where possible."""
     labels = np.asarray(ds["label"])
+    if len(labels) < 2:
+        raise UserError(f"{len(labels)} image(s) cannot be split into training and held-out images: add images")
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
+    classes, held_out = int((counts > 0).sum()), int(np.ceil(fraction * len(labels)))
+    # stratifying needs two images per class and room for one of each class on both sides;
+    # a tiny set is split at random instead
+    fits = counts[counts > 0].min() >= 2 and classes <= held_out <= len(labels) - classes
+    stratify = labels if fits else None
     keep, held = train_test_split(np.arange(len(ds)), test_size=fraction, random_state=seed, stratify=stratify)
     return ds.select(np.sort(keep)), ds.select(np.sort(held))
 

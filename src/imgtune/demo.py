@@ -62,6 +62,7 @@ def run_demo(output_dir: str = "imgtune-demo", epochs: int | None = None) -> dic
 
     print("\n== step 3/3: classify held-out images through the saved adapter")
     samples = write_samples(adapter_cfg, out / "samples")
+    test_folder = write_test_folder(adapter_cfg, out / "test-digits-5-9")
     results, _ = Predictor.from_dir(run.output_dir).predict([str(p) for p in samples], top_k=3)
     for res in results:
         truth = Path(res["image"]).stem.split("_")[-1]
@@ -69,8 +70,22 @@ def run_demo(output_dir: str = "imgtune-demo", epochs: int | None = None) -> dic
         print(f"  {Path(res['image']).name}: predicted {best['label']} ({best['score']:.2f}), true {truth}")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Try:\n"
           f"  imgtune predict {run.output_dir} {out / 'samples'}\n"
-          f"  imgtune evaluate {run.output_dir} --dataset digits")
+          f"  imgtune evaluate {run.output_dir} --dataset {test_folder}    # the held-out test images")
     return {"test_accuracy": test_acc, "adapter_bytes": run.metrics["adapter_bytes"], "output_dir": str(run.output_dir)}
+
+
+def write_test_folder(cfg: TrainConfig, folder: Path) -> Path:
+    """The run's held-out test images as an image folder (one subfolder per class, lossless PNG), so
+    ``imgtune evaluate`` on it reproduces the test accuracy the run reported."""
+    from .images import decode_rgb
+
+    test = load_splits(cfg).test
+    names = test.features["label"].names
+    for i, row in enumerate(test):
+        path = folder / names[row["label"]] / f"test{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        decode_rgb(row["image"]).save(path)
+    return folder
 
 
 def write_samples(cfg: TrainConfig, folder: Path, count: int = 6) -> list[Path]:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix
 from tqdm.auto import tqdm
 
+from .errors import UserError, check_counts
+from .data import CSV_PATHS_HINT
 from .loader import BadFiles, check_strict, image_dataset, loader_workers, make_loader
 from .precision import inference_autocast
 from .transforms import BatchNormalizer
@@ -28,6 +30,8 @@ class EvalResult:
                 f"{prefix}count": self.count}
 
     def confusion(self, num_labels: int) -> np.ndarray:
+        if not len(self.targets):  # every image unreadable: scikit-learn refuses empty input
+            return np.zeros((num_labels, num_labels), dtype=np.int64)
         return confusion_matrix(self.targets, self.predictions, labels=list(range(num_labels)))
 
     def per_class_accuracy(self, num_labels: int) -> list[float | None]:
@@ -91,6 +95,7 @@ def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size
     from .data import load_eval_split
     from .predict import Predictor
 
+    check_counts(batch_size=batch_size, num_workers=num_workers)
     predictor = Predictor.from_dir(output_dir, device, precision)
     run, spec = predictor.run, predictor.spec
     ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
@@ -102,6 +107,9 @@ def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size
     bad = BadFiles()
     with inference_autocast(predictor.precision, on):
         result = run_eval(predictor.model, loader, predictor.normalize, bad=bad, progress=progress)
+    if result.count == 0:
+        raise UserError(f"none of the {len(ds)} images in {dataset} could be read; {bad.summary()}"
+                        f"{CSV_PATHS_HINT if str(dataset).endswith('.csv') else ''}")
     metrics = result.metrics()
     metrics.update(per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
                    bad_files=len(bad), bad_file_names=sorted(bad.reasons))

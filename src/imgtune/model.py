@@ -93,6 +93,23 @@ def load_base_model(name: str, labels: list[str]) -> torch.nn.Module:
         )
 
 
+def check_input_size(model: torch.nn.Module, size: int, name: str) -> None:
+    """A user-chosen --image-size the model cannot take (ViT's position embeddings are built for one
+    size) fails here, in one line, instead of in the first training step. One forward of a single
+    blank image, in eval mode and on a forked RNG so the run's random streams are untouched."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(pixel_values=torch.zeros(1, 3, size, size))
+    except (ValueError, RuntimeError) as err:
+        native = getattr(model.config, "image_size", None)
+        hint = f"leave --image-size out to use its {native}-px input" if native else "leave --image-size out"
+        raise UserError(f"{name} cannot take {size}-px images ({str(err).splitlines()[0]}): {hint}") from None
+    finally:
+        model.train(was_training)
+
+
 def head_modules(model: torch.nn.Module) -> list[str]:
     """Top-level modules that produce the logits (ViT: ``classifier``), for modules_to_save."""
     num_labels = model.config.num_labels

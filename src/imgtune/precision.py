@@ -27,7 +27,8 @@ def resolve_precision(precision: str, device_type: str) -> str:
             return "bf16"
         return "no"
     if precision == "fp16" and device_type == "cpu":
-        raise UserError("fp16 mixed precision needs a GPU: use --precision bf16 or fp32 on a CPU")
+        raise UserError("fp16 mixed precision needs a GPU: use --precision fp32 on a CPU "
+                        "(or bf16, where the CPU has native bf16: AMX or AVX512-BF16)")
     return precision
 
 

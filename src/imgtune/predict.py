@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_counts
 from .images import BadImage, decode_rgb, list_images
 from .loader import ImageDataset, check_strict, loader_workers, make_loader
 from .output import LoadedRun, load_run
@@ -83,6 +83,7 @@ def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch
             device: str | None = None) -> tuple[list[dict], list[dict]]:
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
+    check_counts(top_k=top_k, batch_size=batch_size)
     explicit, found = expand_inputs(inputs)
     for path in explicit:
         try:

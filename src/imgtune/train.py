@@ -24,15 +24,17 @@ from .checkpoint import (TrainState, check_settings, checkpoint_root, find_check
                          load_checkpoint, new_run_id, result_settings, save_checkpoint, set_aside_earlier_runs,
                          trainable_state)
 from .config import TrainConfig
-from .data import load_splits
+from .data import CSV_PATHS_HINT, load_splits
+from .errors import UserError
 from .evaluate import run_eval
 from .hub import check_push, push
 from .loader import BadFiles, EpochSampler, build_loaders, check_strict
 from .methods import get_method
-from .model import apply_method, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
+from .model import apply_method, check_input_size, count_parameters, load_base_model, load_model_config, load_processor, parameter_report
 from .output import METRICS, RUN_CONFIG, adapter_bytes, save_run
 from .plots import write_run_plots
 from .precision import resolve_precision
+from .report import fmt_bytes
 from .tracking import resolve_trackers
 from .transforms import BatchNormalizer, ImageSpec
 
@@ -153,6 +155,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     say = accelerator.print
     progress = cfg.progress and accelerator.is_local_main_process
     check_settings(cfg)
+    if cfg.resume and cfg.resume != "auto":
+        find_checkpoint(out, cfg.resume)  # a wrong path fails now, not after the data and model are loaded
     repo_id = check_push(cfg.push_to_hub, cfg.model, cfg.method, cfg.dataset) if cfg.push_to_hub else None
 
     # data
@@ -171,7 +175,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     steps_per_epoch = math.ceil(batches_per_process / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     method = get_method(cfg.method)
-    model = apply_method(load_base_model(cfg.model, data.labels), method, cfg, total_steps)
+    base = load_base_model(cfg.model, data.labels)
+    if cfg.image_size:
+        check_input_size(base, spec.size, cfg.model)
+    model = apply_method(base, method, cfg, total_steps)
     trainable, total = count_parameters(model)
     say(parameter_report(model))
 
@@ -261,6 +268,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 epoch_started = time.perf_counter()
                 checkpoint_now(f"checkpoint-{state.global_step}")
         state.train_seconds += time.perf_counter() - epoch_started
+        if state.images_seen == 0:
+            raise UserError(f"none of the {len(data.train)} training images could be read; {bad.summary()}"
+                            f"{CSV_PATHS_HINT if str(cfg.dataset).endswith('.csv') else ''}")
 
         val = run_eval(model, eval_loaders["validation"], normalize, accelerator, bad, "validation", progress)
         row = {"epoch": epoch, "step": state.global_step,
@@ -315,7 +325,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         (out / METRICS).write_text(json.dumps(metrics, indent=2))
         write_run_plots(out, metrics)
         say(f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; "
-            f"saved to {out} ({metrics['adapter_bytes'] / 1e6:.2f} MB of weights)")
+            f"saved to {out} ({fmt_bytes(metrics['adapter_bytes'])} of weights)")
         if repo_id:
             say(f"pushed to {push(out, repo_id)}")
     accelerator.wait_for_everyone()
