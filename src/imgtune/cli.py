@@ -20,6 +20,16 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def crop_scale(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected two numbers, e.g. 0.08,1.0") from None
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError("expected two numbers, e.g. 0.08,1.0")
+    return values
+
+
 def json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -64,6 +74,7 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--test-from-validation": (float, "split validation into validation and test, e.g. 0.3"),
     "--classes": (csv_list, "train on these classes only, comma-separated"),
     "--image-size": (int, "input size (default: the processor's)"),
+    "--crop-scale": (crop_scale, "RandomResizedCrop's area range as LOW,HIGH (default 0.08,1.0)"),
     "--bad-files": (str, "skip (default) or strict"),
     "--cache": (str, "directory for a preprocessed image cache"),
     "--logging-steps": (int, "log the training loss every N optimizer steps"),
