@@ -232,8 +232,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """Our own warnings (an AdaLoRA schedule scaled to a short run, ...) are messages to the user:
+    one line, without the source line a library warning shows."""
+    if os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__)):
+        print(f"imgtune: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = show_warning
     # deprecation notices raised inside transformers/peft are for their authors, not our users
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
