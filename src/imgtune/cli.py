@@ -232,13 +232,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings (an AdaLoRA schedule scaled to a short run, ...) are messages to the user:
     one line, without the source line a library warning shows."""
-    if os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__)):
-        print(f"imgtune: warning: {message}", file=file or sys.stderr)
-    else:
-        _default(message, category, filename, lineno, file, line)
+    ours = os.path.dirname(os.path.abspath(filename)) == os.path.dirname(os.path.abspath(__file__))
+    text = f"imgtune: warning: {message}\n" if ours else warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
 
 
 def main(argv: list[str] | None = None) -> int:
