@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from conftest import read_metrics, run_cli
+from conftest import COLOURS, read_metrics, run_cli, write_class_folder
+from imgtune.cli import main
 from imgtune.compare import Plan, compare, finished_metrics, method_hash
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
@@ -84,3 +85,36 @@ def test_bad_method_lists_fail_before_training(tmp_path, tiny_vit, colour_folder
     assert not (tmp_path / "x").exists()
     proc = run_cli(*compare_args(tiny_vit, colour_folder, tmp_path / "y", "lora", "--method", "loha"))
     assert proc.returncode == 2 and "compare takes --methods" in proc.stderr
+
+
+def test_bad_data_or_model_fails_once_before_any_method_starts(tmp_path, tiny_vit, colour_folder):
+    # through the CLI: one error line, no child process per method, nothing written
+    out, missing = tmp_path / "cmp", tmp_path / "no-such-data"
+    proc = run_cli(*compare_args(tiny_vit, missing, out, "lora,loha,ia3"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("imgtune: error:")]
+    assert len(errors) == 1 and errors[0].startswith("imgtune: error: dataset ") and str(missing) in errors[0], errors
+    assert "Traceback" not in proc.stderr and " failed: " not in proc.stderr and "== compare" not in proc.stdout
+    assert not out.exists()  # no report.md, report.html or compare.json of a comparison that never ran
+
+    # the same checks train makes on the model and the data, once, before the output folder exists
+    cfg = TrainConfig(model=str(tiny_vit), dataset=str(colour_folder), epochs=1)
+    one_class = write_class_folder(tmp_path / "one-class", per_class=3, classes={"red": COLOURS["red"]})
+    (tmp_path / "empty-model").mkdir()
+    for change, message in [({"model": str(tmp_path / "no-model")}, "is not a directory holding a saved model"),
+                            ({"model": str(tmp_path / "empty-model")}, "cannot load model"),
+                            ({"dataset": str(one_class)}, "single class"),
+                            ({"classes": ["red", "purple"]}, r"classes \['purple'\] are not in the dataset")]:
+        with pytest.raises(UserError, match=message):
+            compare(Plan(cfg.replace(**change), ["lora", "loha"], out, "t"))
+        assert not out.exists(), change
+
+
+def test_empty_method_list_is_an_error(tmp_path, tiny_vit, colour_folder, capsys):
+    for methods in ("", " , "):
+        assert main(compare_args(str(tiny_vit), str(colour_folder), str(tmp_path / "cmp"), methods)) == 2
+        assert capsys.readouterr().err.strip() == ("imgtune: error: --methods is empty: name at least one method, "
+                                                   "e.g. lora,loha")
+    with pytest.raises(UserError, match="--methods is empty"):
+        compare(Plan(TrainConfig(model=str(tiny_vit), dataset=str(colour_folder)), [], tmp_path / "cmp", "t"))
+    assert not (tmp_path / "cmp").exists()

@@ -144,14 +144,29 @@ def report_settings(cfg, methods: list[str]) -> dict:
     }
 
 
+def check_inputs(cfg) -> None:
+    """The model and the data every method shares, checked once in this process with train's own
+    loading code: a typo'd path is one error line, not one failed child process per method."""
+    from .data import load_splits
+    from .model import load_model_config, resolve_model_path
+
+    if Path(resolve_model_path(cfg.model)).is_dir():  # a hub id is left to train (it may need the network)
+        load_model_config(cfg.model)
+    load_splits(cfg)
+
+
 def compare(plan: Plan):
     """Train each method of the plan (or reuse it), then write report.md and report.html."""
     from .methods import get_method
     from .report import MethodRun, write_report
 
+    if not plan.methods:
+        raise UserError("--methods is empty: name at least one method, e.g. lora,loha")
     for name in plan.methods:
         get_method(name)  # unknown names fail before anything trains
     out = plan.output_dir
+    if plan.rerun or any(finished_metrics(out / name, method_hash(plan.shared, name)) is None for name in plan.methods):
+        check_inputs(plan.shared)  # before anything is written; a comparison that only reuses needs no data
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"shared_config_hash": shared_hash(plan.shared), "methods": plan.methods,
                 "config": {k: v for k, v in plan.shared.to_dict().items() if k not in ("method", "output_dir")}}
@@ -207,6 +222,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("compare takes --methods (comma-separated, e.g. lora,loha), not --method")
     from .methods import METHODS
 
+    if args.methods is not None and not args.methods:  # `--methods ""` or `--methods ,`
+        raise UserError("--methods is empty: name at least one method, e.g. lora,loha")
     methods = args.methods or list(METHODS)
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods lists a method twice: {','.join(methods)}")

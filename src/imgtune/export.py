@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -65,30 +66,82 @@ def onnx_logits(sess, pixels):
     return sess.run(["logits"], {"pixel_values": pixels.astype(np.float32)})[0]
 
 
+LABELS_FILE = "labels.json"
+
+
+def side_files(processor, labels: list[str]) -> dict[str, bytes]:
+    """What is written next to the .onnx file, by name: the processor config (mean/std/size for whoever
+    feeds the graph) and labels.json. The names are fixed, so one folder holds one model's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        processor.save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+    return {LABELS_FILE: json.dumps(labels, indent=1).encode(), **files}
+
+
+def same_content(old: bytes, new: bytes) -> bool:
+    try:
+        return json.loads(old) == json.loads(new)  # the same settings, whatever the formatting
+    except ValueError:
+        return old == new
+
+
+def check_side_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Refuse to replace another model's labels/processor config: its .onnx file would be left beside
+    this model's. The same content (re-exporting the same run, or a model with the same labels and
+    preprocessing) is fine."""
+    clashes = []
+    for name, content in files.items():
+        target = folder / name
+        if not target.exists():
+            continue
+        try:
+            old = target.read_bytes()
+        except OSError:  # a folder of that name, unreadable: not ours to replace either
+            old = None
+        if old is None or not same_content(old, content):
+            clashes.append(name)
+    if clashes:
+        raise UserError(f"{folder} already holds {' and '.join(clashes)} of another model: export each model "
+                        f"into its own folder (or delete {'them' if len(clashes) > 1 else 'it'} first)")
+
+
+def cannot_write(path: Path, err: OSError) -> UserError:
+    where = f"{err.filename}: " if err.filename and str(err.filename) != str(path) else ""
+    return UserError(f"cannot write {path} ({where}{err.strerror or err}): pass --onnx a path in a folder "
+                     "you can write to")
+
+
 def export_onnx(out: str | Path, onnx_path: str | Path) -> dict:
     """Write the ONNX file and check it against torch on two batch sizes; returns a summary."""
     import numpy as np
     import torch
 
     require_onnx()
+    path = Path(onnx_path).expanduser()
+    if path.is_dir():
+        raise UserError(f"--onnx {onnx_path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}")
     model, processor, labels = plain_model(out)
     from .transforms import ImageSpec
 
     spec = ImageSpec.from_processor(processor)
-    path = Path(onnx_path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files = side_files(processor, labels)
+    check_side_files(path.parent, files)  # before anything is written
     example = torch.randn(2, 3, spec.size, spec.size)
-    # dynamo=False: the TorchScript exporter traces a ViT to a single self-contained .onnx file with a
-    # dynamic batch axis in one call; the dynamo exporter in this torch version needs onnxscript (not a
-    # dependency here) and writes external-data files for the same graph.
-    with warnings.catch_warnings():
-        # the tracer warns about transformers' shape checks, which are constant for a fixed image size
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(logits_only(model), (example,), str(path), input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
-    processor.save_pretrained(path.parent)  # mean/std/size for whoever feeds the graph
-    (path.parent / "labels.json").write_text(json.dumps(labels, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # dynamo=False: the TorchScript exporter traces a ViT to a single self-contained .onnx file with a
+        # dynamic batch axis in one call; the dynamo exporter in this torch version needs onnxscript (not a
+        # dependency here) and writes external-data files for the same graph.
+        with warnings.catch_warnings():
+            # the tracer warns about transformers' shape checks, which are constant for a fixed image size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(logits_only(model), (example,), str(path), input_names=["pixel_values"],
+                              output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        for name, content in files.items():
+            (path.parent / name).write_bytes(content)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     sess = session(path)
     worst = 0.0
     for n in (1, 3):  # a batch size that was not the traced one proves the axis is dynamic
