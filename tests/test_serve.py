@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_train_config, write_class_folder
+from conftest import run_cli, tiny_train_config, write_class_folder
+from imgtune.errors import UserError
+from imgtune.images import BadImage, decode_rgb
 from imgtune.multi import MultiAdapterModel
 from imgtune.predict import Predictor
 from imgtune.train import train
@@ -140,6 +143,9 @@ def test_bad_requests_get_error_codes_not_crashes(server):
         r = httpx.post(classify, **kwargs)
         assert r.status_code == status, (status, r.status_code, r.text)
         assert "detail" in r.json()
+        assert "BytesIO" not in r.text and " at 0x" not in r.text  # no object reprs leak into answers
+    r = httpx.post(classify, params={"adapter": "a"}, content=b"not an image at all", headers={"content-type": "image/png"})
+    assert r.json()["detail"] == "cannot read image: cannot identify image file (not an image, or an unsupported format)"
     # admin endpoints are off without --allow-admin
     assert httpx.post(f"{server}/v1/adapters/d", json={"path": "/tmp"}).status_code == 403
     assert httpx.delete(f"{server}/v1/adapters/a").status_code == 403
@@ -163,3 +169,90 @@ def test_mixed_peft_types_on_one_base_in_process(tmp_path, tiny_vit, colour_fold
         assert close_to(model.top_k(name, row, 3), want), name
     model.remove("h")
     assert list(model.adapters) == ["a", "b"]
+
+
+def test_decode_error_for_bytes_names_no_object_address():
+    with pytest.raises(BadImage) as caught:
+        decode_rgb(b"not an image at all")
+    assert str(caught.value) == "UnidentifiedImageError: cannot identify image file"
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory, colour_folder):
+    """A LoRA run on a ViT of another hidden size (48, the tiny_vit's is 32): same family, other architecture."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(root / "wide-vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "wide-vit")
+    train(tiny_train_config(root / "wide-vit", colour_folder, root / "run", epochs=1))
+    return root / "run"
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("imgtune: error: "), lines
+    return lines[0]
+
+
+def test_adapter_of_another_architecture_is_a_one_line_error(tiny_vit, wide_run):
+    result = run_cli("serve", "--base", tiny_vit, "--adapter", f"w={wide_run}", "--port", free_port(),
+                     "--device", "cpu", "--precision", "fp32")
+    line = one_error_line(result)
+    assert line.startswith(f"imgtune: error: cannot load {wide_run} onto base {tiny_vit}: size mismatch for ")
+    assert line.endswith(f"serve it on the base it was trained on ({wide_run.parent / 'wide-vit'})")
+    assert len(line) < 600 and "serving" not in result.stderr
+
+
+def test_added_adapter_of_another_architecture_is_refused_and_leaves_the_model_as_it_was(tiny_vit, lora_run,
+                                                                                          wide_run, images):
+    # peft's load_adapter(ignore_mismatched_sizes=True) would skip every mismatched LoRA tensor silently:
+    # the adapter would load and fail (or answer nonsense) at request time
+    model = MultiAdapterModel(str(tiny_vit), [("a", lora_run)], device="cpu", precision="fp32")
+    data = images[0].read_bytes()
+    before = model.probabilities(["a"], [model.preprocess("a", data)])[0]
+    with pytest.raises(UserError, match=r"cannot load .* size mismatch for .*lora_\w\.w\.weight") as caught:
+        model.add("w", wide_run)
+    assert "\n" not in str(caught.value)
+    assert list(model.adapters) == ["a"] and "w" not in model.model.peft_config
+    after = model.probabilities(["a"], [model.preprocess("a", data)])[0]
+    assert (after - before).abs().max() < 1e-6
+    model.add("w2", lora_run)  # the name space and the model still take a good adapter
+    assert list(model.adapters) == ["a", "w2"]
+
+
+def test_serving_on_another_base_directory_warns_once_per_adapter(tmp_path, tiny_vit, lora_run, capsys):
+    copy = shutil.copytree(tiny_vit, tmp_path / "copied-vit")
+    MultiAdapterModel(str(copy), [("a", lora_run), ("b", lora_run)], device="cpu", precision="fp32")
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("imgtune: warning:")]
+    assert warnings == [f"imgtune: warning: adapter {n!r} was trained on {tiny_vit.resolve()}, serving it on {copy}"
+                        for n in ("a", "b")]
+    # the same directory under another spelling (relative to the working directory) is the one it was trained on
+    spelled = os.path.relpath(tiny_vit)
+    MultiAdapterModel(spelled, [("a", lora_run)], device="cpu", precision="fp32")
+    assert "imgtune: warning:" not in capsys.readouterr().err
+
+
+def test_port_in_use_is_a_one_line_error_before_loading(tiny_vit, lora_run):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = run_cli("serve", "--base", tiny_vit, "--adapter", f"a={lora_run}", "--port", port, "--device", "cpu",
+                         timeout=120)
+    line = one_error_line(result)
+    assert line == f"imgtune: error: cannot listen on 127.0.0.1:{port}: address already in use (pick another --port)"
+    assert "serving" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_port_out_of_range_is_a_usage_error(tiny_vit, lora_run, port):
+    result = run_cli("serve", "--base", tiny_vit, "--adapter", f"a={lora_run}", f"--port={port}", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    shown = repr(port) if port == "http" else port  # a non-number is quoted
+    assert f"argument --port: {shown} is not a port number (0..65535)" in result.stderr

@@ -9,6 +9,7 @@ decompression bomb is an error instead of a hang.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
+# PIL names an in-memory file by its repr ("<_io.BytesIO object at 0x7ff0...>"): an address, no help to anyone
+STREAM_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class BadImage(Exception):
@@ -89,7 +92,7 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
             EOFError, TypeError) as err:
-        raise BadImage(f"{type(err).__name__}: {err}") from None
+        raise BadImage(f"{type(err).__name__}: {STREAM_REPR.sub('', str(err))}") from None
 
 
 def list_images(folder: str | Path) -> list[Path]:

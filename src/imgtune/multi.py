@@ -8,6 +8,7 @@ from the adapter's own weights (peft is told to skip just those mismatched tenso
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Adapter:
     method: str
     mixed_batch: bool
     spec: ImageSpec
+    trained_on: str | None = None  # the base recorded in adapter_config.json
 
     def describe(self) -> dict:
         return {"name": self.name, "method": self.method, "num_labels": len(self.labels), "labels": self.labels,
@@ -64,7 +66,27 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
         method = (yaml.safe_load((out / RUN_CONFIG).read_text()) or {}).get("method", method)
     mixed = METHODS[method].mixed_batch if method in METHODS else False
     spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
-    return Adapter(check_name(name), out, labels, method, mixed, spec)
+    return Adapter(check_name(name), out, labels, method, mixed, spec, peft_config.base_model_name_or_path)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Local directories compare as resolved paths (a run records an absolute one), hub ids as strings."""
+    def key(name: str) -> str:
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.is_dir() else name
+
+    return key(a) == key(b)
+
+
+def error_gist(err: BaseException, limit: int = 300) -> str:
+    """One short line from a load error: torch's state-dict errors put a heading line, then one line per
+    mismatched tensor (dozens for another architecture), so keep the first tensor line and count the rest."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict for PeftModel:"
+        lines = lines[1:]
+    gist = lines[0].rstrip(".")
+    gist = gist if len(gist) <= limit else gist[: limit - 3] + "..."
+    return gist + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
 
 
 class MultiAdapterModel:
@@ -97,9 +119,14 @@ class MultiAdapterModel:
                                 f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})")
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
         self.base = base
-        with quiet_adalora():
-            self.model = cls.from_pretrained(load_base_model(base, first.labels), first.path,
-                                             adapter_name=first.name).to(self.device).eval()
+        base_model = load_base_model(base, first.labels)
+        try:
+            with quiet_adalora():
+                self.model = cls.from_pretrained(base_model, first.path, adapter_name=first.name)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise self._load_error(first, error_gist(err)) from None
+        self.model.to(self.device).eval()
+        self._warn_other_base(first)
         self.adapters[first.name] = first
         self.normalizers = {first.spec: BatchNormalizer(first.spec).to(self.device)}
         for name, path in adapters[1:]:
@@ -113,17 +140,52 @@ class MultiAdapterModel:
             if name in self.adapters:
                 raise UserError(f"adapter {name!r} is already loaded")
             try:
-                with warnings.catch_warnings(), quiet_adalora():
-                    # the skipped head tensors are loaded by _fit_heads below
-                    warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
-                    self.model.load_adapter(str(adapter.path), adapter_name=name, ignore_mismatched_sizes=True)
+                skipped = self._load_adapter(adapter)
             except (RuntimeError, ValueError, KeyError) as err:
-                raise UserError(f"cannot load {adapter.path} onto base {self.base}: {err}") from None
-            self._fit_heads(adapter)
+                raise self._load_error(adapter, error_gist(err)) from None
+            try:
+                # only head copies may differ in shape (another class count); any other skipped tensor means
+                # the adapter was trained on another architecture and would serve with untrained weights
+                foreign = [k for k in skipped if ".modules_to_save." not in k]
+                if foreign:
+                    more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+                    raise self._load_error(adapter, f"size mismatch for {foreign[0]}{more}")
+                self._fit_heads(adapter)
+            except UserError:
+                self.model.delete_adapter(name)
+                raise
             self.model.to(self.device).eval()
             self.adapters[name] = adapter
             self.normalizers.setdefault(adapter.spec, BatchNormalizer(adapter.spec).to(self.device))
+        self._warn_other_base(adapter)
         return adapter
+
+    def _load_adapter(self, adapter: Adapter) -> list[str]:
+        """load_adapter, skipping tensors whose shape differs from this model's; returns their names."""
+        with warnings.catch_warnings(record=True) as caught, quiet_adalora():
+            # peft names the skipped tensors only in this warning; it is read here, not shown
+            warnings.filterwarnings("always", message=".*ignore_mismatched_sizes.*")
+            self.model.load_adapter(str(adapter.path), adapter_name=adapter.name, ignore_mismatched_sizes=True)
+        skipped = []
+        for caught_warning in caught:
+            text = str(caught_warning.message)
+            if "ignore_mismatched_sizes" in text:
+                skipped += re.findall(r"- (\S+): found shape", text)
+            else:  # everything else is shown as it would have been
+                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                       caught_warning.lineno)
+        return skipped
+
+    def _load_error(self, adapter: Adapter, reason: str) -> UserError:
+        hint = f"serve it on the base it was trained on ({adapter.trained_on})" if adapter.trained_on \
+            else "serve it on the base it was trained on"
+        return UserError(f"cannot load {adapter.path} onto base {self.base}: {reason}; {hint}")
+
+    def _warn_other_base(self, adapter: Adapter) -> None:
+        # only a warning: a copied or re-downloaded base directory is the same model under another name
+        if adapter.trained_on and not same_model(adapter.trained_on, self.base):
+            print(f"imgtune: warning: adapter {adapter.name!r} was trained on {adapter.trained_on}, "
+                  f"serving it on {self.base}", file=sys.stderr, flush=True)
 
     def _fit_heads(self, adapter: Adapter) -> None:
         """Rebuild this adapter's head copies whose shape differs from the saved weights, then load them."""
@@ -140,6 +202,9 @@ class MultiAdapterModel:
                 raise UserError(f"adapter {adapter.name!r} has a head of another size and {module_name} is not a "
                                 "single Linear layer: serve it on its own")
             rows, cols = own["weight"].shape
+            if cols != copy.in_features:  # another class count changes rows only; other features, another base
+                raise self._load_error(adapter, f"its {module_name} takes {cols} features, this base gives "
+                                                f"{copy.in_features}")
             new = torch.nn.Linear(cols, rows, bias="bias" in own, dtype=copy.weight.dtype, device=copy.weight.device)
             new.load_state_dict(own)
             new.requires_grad_(False)

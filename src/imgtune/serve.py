@@ -8,7 +8,9 @@ Decoding runs in the thread pool per request, so a slow upload never holds up th
 # names they refer to are imported inside create_app (kept out of `imgtune --help`)
 import argparse
 import asyncio
+import errno
 import io
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,7 +88,7 @@ def create_app(model, max_batch: int = 32, max_wait_ms: float = 5.0, allow_admin
     from PIL import Image, UnidentifiedImageError
     from starlette.requests import Request as StarletteRequest
 
-    from .images import BadImage
+    from .images import STREAM_REPR, BadImage
     from .multi import NAME_PATTERN, check_name
 
     batcher = Batcher(model, max_batch, max_wait_ms)
@@ -152,8 +154,11 @@ def create_app(model, max_batch: int = 32, max_wait_ms: float = 5.0, allow_admin
                 width, height = img.size
         except Image.DecompressionBombError as err:
             raise HTTPException(413, f"image over the pixel limit: {err}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise HTTPException(400, f"cannot read image: {err}") from None
+        except UnidentifiedImageError:  # its message shows the BytesIO object's repr, which says nothing
+            raise HTTPException(400, "cannot read image: cannot identify image file (not an image, or an "
+                                     "unsupported format)") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise HTTPException(400, f"cannot read image: {STREAM_REPR.sub('', str(err))}") from None
         if width * height > max_pixels:
             raise HTTPException(413, f"{width}x{height} image is over the {max_pixels:,}-pixel limit")
         try:
@@ -229,6 +234,41 @@ def parse_adapters(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def port_number(value: str) -> int:
+    """argparse type for --port: an out-of-range port would otherwise end in an OverflowError traceback."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0..65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0..65535)")
+    return port
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind every address uvicorn will bind (as asyncio does: SO_REUSEADDR, IPv6 sockets v6-only), then let
+    go, so a taken port is a one-line error before the model loads, not uvicorn's after it."""
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UserError(f"cannot listen on {where}: unknown host ({err.strerror}): check --host") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise UserError(f"cannot listen on {where}: address already in use (pick another --port)") from None
+                if err.errno == errno.EACCES:
+                    raise UserError(f"cannot listen on {where}: permission denied (ports below 1024 need root: "
+                                    "pick another --port)") from None
+                raise UserError(f"cannot listen on {where}: {err.strerror or err} (check --host and --port)") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
@@ -241,7 +281,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
-    model = MultiAdapterModel(args.base, parse_adapters(args.adapter), args.device, args.precision)
+    adapters = parse_adapters(args.adapter)
+    check_listen(args.host, args.port)  # before the model: loading takes a while, a taken port is instant
+    model = MultiAdapterModel(args.base, adapters, args.device, args.precision)
     app = create_app(model, args.max_batch, args.max_wait_ms, args.allow_admin, args.max_bytes, args.max_pixels)
     print(f"serving {', '.join(model.adapters)} on http://{args.host}:{args.port} (API docs at /docs)",
           file=sys.stderr, flush=True)
@@ -257,7 +299,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--adapter", action="append", required=True, metavar="NAME=OUTPUT_DIR",
                    help="an adapter run to serve under NAME; repeat for more")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--allow-admin", action="store_true", help="allow POST/DELETE /v1/adapters/NAME")
