@@ -48,6 +48,7 @@ def test_saved_config_loads_back(tmp_path):
     ("image_size: 0\n", "--image-size must be at least 1"),
     ("dropout: 1\n", r"--dropout must be in \[0, 1\)"),
     ("crop_scale: [0.9, 0.2]\n", "crop_scale must be two numbers"),
+    ("crop_scale: [small, big]\n", "crop_scale must be two numbers"),
 ])
 def test_bad_config_files_are_user_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -86,7 +86,8 @@ class TrainConfig:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.bad_files not in BAD_FILE_POLICIES:
             raise UserError(f"unknown bad-file policy {self.bad_files!r}: use 'skip' or 'strict'")
-        low, high = self.crop_scale if len(self.crop_scale) == 2 else (None, None)
+        numbers = len(self.crop_scale) == 2 and all(isinstance(v, (int, float)) for v in self.crop_scale)
+        low, high = self.crop_scale if numbers else (None, None)
         if low is None or not 0 < low <= high <= 1:
             raise UserError(f"crop_scale must be two numbers 0 < low <= high <= 1, got {self.crop_scale}")
 
