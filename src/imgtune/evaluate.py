@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix
 from tqdm.auto import tqdm
 
+from .data import CSV_PATHS_HINT, load_eval_split
 from .errors import UserError, check_counts
-from .data import CSV_PATHS_HINT
 from .loader import BadFiles, check_strict, image_dataset, loader_workers, make_loader
 from .precision import inference_autocast
+from .predict import Predictor
 from .transforms import BatchNormalizer
 
 
@@ -92,8 +93,6 @@ def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size
              precision: str = "auto", cache: str | None = None) -> dict:
     """Evaluate a trained run (adapter or full model directory) on a dataset split, on ``device``
     (default: the GPU when there is one) with the adapter folded into the base, as predict does."""
-    from .data import load_eval_split
-    from .predict import Predictor
 
     check_counts(batch_size=batch_size, num_workers=num_workers)
     predictor = Predictor.from_dir(output_dir, device, precision)
