@@ -22,6 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# as the imgtune command does (imgtune.cli.main): idle OpenMP threads wait passively, so the
+# loader and the model do not starve each other on a small machine; set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 METHODS = ("lora", "loha", "lokr", "adalora")
 
 
@@ -57,20 +61,20 @@ def make_adapter(root: Path, base: Path, method: str, num_labels: int = 10) -> P
     from transformers import AutoImageProcessor
 
     from imgtune.config import TrainConfig
-    from imgtune.methods import get_method
-    from imgtune.model import apply_method, load_base_model
-    from imgtune.output import RUN_CONFIG, save_run
+    from imgtune.tuning.methods import get_method
+    from imgtune.tuning.pretrained import load_base_model
+    from imgtune.rundir import RUN_CONFIG, save_run
 
     labels = [f"class{i}" for i in range(num_labels)]
     cfg = TrainConfig(model=str(base), method=method)
-    model = apply_method(load_base_model(str(base), labels), get_method(method), cfg, total_steps=10_000)
+    model = get_method(method).apply(load_base_model(str(base), labels), cfg, total_steps=10_000)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.02)
     out = root / f"{method}-{num_labels}"
-    save_run(out, model, AutoImageProcessor.from_pretrained(base))
+    save_run(out, model, AutoImageProcessor.from_pretrained(base), get_method(method))
     cfg.save(out / RUN_CONFIG)
     return out
 
@@ -107,7 +111,7 @@ def seeds_snippet(run: Path, base: Path, images: list[Path], device: str) -> flo
 
 
 def batched_predict(run: Path, images: list[Path], batch_size: int, device: str) -> float:
-    from imgtune.predict import Predictor
+    from imgtune.inference.predict import Predictor
 
     predictor = Predictor.from_dir(run, device=device)  # precision auto: bf16 on a GPU
     predictor.predict([str(p) for p in images[:batch_size]], batch_size=batch_size)  # warm-up
@@ -128,15 +132,15 @@ def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int, devic
     import torch
     from transformers import AutoModelForImageClassification
 
-    from imgtune.merge import merged_model
-    from imgtune.output import load_run
+    from imgtune.inference.merge import merged_model
+    from imgtune.rundir import load_run
 
     size = AutoModelForImageClassification.from_pretrained(base).config.image_size
     pixels = torch.randn(batch, 3, size, size, device=device)
     models = {"base": AutoModelForImageClassification.from_pretrained(base).to(device).eval()}
     for method, run in runs.items():
         models[f"{method} unmerged"] = load_run(run).model.to(device).eval()
-        models[f"{method} merged"] = merged_model(run)[0].to(device)
+        models[f"{method} merged"] = merged_model(load_run(run)).to(device)
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():
@@ -240,7 +244,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from imgtune.model import quiet_transformers
+    from imgtune.tuning.pretrained import quiet_transformers
 
     with tempfile.TemporaryDirectory() as tmp, quiet_transformers():
         root = Path(tmp)

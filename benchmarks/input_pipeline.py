@@ -29,6 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+# as the imgtune command does (imgtune.cli.main): idle OpenMP threads wait passively, so the
+# loader and the model do not starve each other on a small machine; set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
@@ -122,9 +126,11 @@ def bench_input(folder: Path, size: int, batch_size: int, batches: int, cache_di
     import torch
     from torch.utils.data import DataLoader
 
-    from imgtune.cache import CachedImageDataset, build_cache
-    from imgtune.loader import ImageDataset, default_workers, make_loader
-    from imgtune.transforms import BatchNormalizer, ImageSpec, train_transform
+    from imgtune.data.cache import CachedImageDataset, build_cache
+    from imgtune.data.samples import ImageDataset
+    from imgtune.data.workers import default_workers
+    from imgtune.data.loading import make_loader
+    from imgtune.data.transforms import BatchNormalizer, ImageSpec, train_transform
 
     results: dict = {"timed": {}}
     guide = DataLoader(guide_dataset(folder, size), batch_size=batch_size, shuffle=True, collate_fn=guide_collate_fn,
@@ -179,7 +185,7 @@ def bench_guide_trainer(folder: Path, model_dir: Path, batch_size: int, steps: i
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
-    from imgtune.model import resolve_targets
+    from imgtune.tuning.pretrained import resolve_targets
 
     model = AutoModelForImageClassification.from_pretrained(model_dir)
     # the guide's ["query", "value"] under transformers 5's module names (q_proj, v_proj)
@@ -197,7 +203,7 @@ def bench_guide_trainer(folder: Path, model_dir: Path, batch_size: int, steps: i
 def bench_imgtune_train(folder: Path, model_dir: Path, batch_size: int, steps: int, out: Path, cache: Path | None,
                         device: str) -> float:
     from imgtune.config import TrainConfig
-    from imgtune.train import train
+    from imgtune.tuning.recipe import train
 
     cfg = TrainConfig(model=str(model_dir), dataset=str(folder), output_dir=str(out), method="lora", epochs=1,
                       batch_size=batch_size, report_to="none", progress=False,

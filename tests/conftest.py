@@ -70,6 +70,19 @@ def tiny_train_config(model: Path, dataset: Path, out: Path, **overrides):
     return TrainConfig(**values)
 
 
+@pytest.fixture(autouse=True)
+def library_logging():
+    """Tests that run the CLI in-process get its terminal logging; the next test gets the library's
+    plain logger back (records propagate to pytest's caplog)."""
+    import logging
+
+    logger = logging.getLogger("imgtune")
+    yield
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_hf_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf-cache")
@@ -91,7 +104,7 @@ def colour_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lora_run(tmp_path_factory, tiny_vit, colour_folder) -> Path:
     """A finished LoRA run on the colour folder (the output directory)."""
-    from imgtune.train import train
+    from imgtune.tuning.recipe import train
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     train(tiny_train_config(tiny_vit, colour_folder, out, epochs=3))

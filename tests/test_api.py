@@ -7,11 +7,12 @@ from conftest import run_cli
 CHECK_API = """
 import sys, imgtune
 assert "torch" not in sys.modules, "import imgtune loaded torch"
-from imgtune.train import train  # the submodule first: imgtune.train must stay the function
+from imgtune.tuning.recipe import train  # the defining module first: imgtune.train is still the function
 assert imgtune.train is train and callable(imgtune.train)
-import imgtune.evaluate, imgtune.predict
+import imgtune.inference.evaluate, imgtune.inference.predict
 from imgtune import predict, Predictor, load_config, TrainConfig, UserError
-assert imgtune.evaluate.__module__ == "imgtune.evaluate" and predict.__module__ == "imgtune.predict"
+assert imgtune.evaluate.__module__ == "imgtune.inference.evaluate" and predict.__module__ == "imgtune.inference.predict"
+assert type(sys.modules["imgtune"]) is type(sys), "the package keeps the plain module class"
 assert Predictor.__name__ == "Predictor" and sorted(imgtune.__all__) == sorted(
     ["TrainConfig", "UserError", "load_config", "train", "evaluate", "predict", "Predictor"])
 try:
@@ -24,7 +25,7 @@ else:
 
 CHECK_PARSER = """
 import sys
-from imgtune.cli import build_parser
+from imgtune.cli.main import build_parser
 build_parser()
 heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate", "datasets") if m in sys.modules)
 assert not heavy, heavy

@@ -24,7 +24,7 @@ def planted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def skip_run(tmp_path_factory, tiny_vit, planted):
-    from imgtune.train import train
+    from imgtune.tuning.recipe import train
 
     folder, _ = planted
     out = tmp_path_factory.mktemp("runs") / "skip"
@@ -82,10 +82,10 @@ def test_predict_on_a_folder_skips_the_same_files_and_strict_refuses(skip_run, p
 
 def test_strict_on_a_cache_names_every_file_from_the_cache_without_decoding_again(
         tmp_path, tiny_vit, skip_run, planted, monkeypatch):
-    import imgtune.loader
+    import imgtune.data.badfiles
     from imgtune.errors import UserError
-    from imgtune.evaluate import evaluate
-    from imgtune.train import train
+    from imgtune.inference.evaluate import evaluate
+    from imgtune.tuning.recipe import train
 
     folder, unreadable = planted
     cache = tmp_path / "cache"
@@ -98,7 +98,7 @@ def test_strict_on_a_cache_names_every_file_from_the_cache_without_decoding_agai
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached dataset was decoded again for --strict")
 
-    monkeypatch.setattr(imgtune.loader, "find_bad_files", no_decoding)
+    monkeypatch.setattr(imgtune.data.badfiles, "find_bad_files", no_decoding)
     with pytest.raises(UserError) as again:
         train(tiny_train_config(tiny_vit, folder, tmp_path / "strict", epochs=1, bad_files="strict", cache=str(cache)))
     assert str(again.value) == str(first.value)

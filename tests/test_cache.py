@@ -11,9 +11,9 @@ import pytest
 
 from badfiles import UNREADABLE, write_awkward
 from conftest import read_metrics, tiny_train_config, write_class_folder, write_image
-from imgtune.cache import build_cache, cache_side, CachedImageDataset
-from imgtune.images import decode_rgb, list_images
-from imgtune.loader import Skipped
+from imgtune.data.cache import build_cache, cache_side, CachedImageDataset
+from imgtune.data.decode import decode_rgb, list_images
+from imgtune.data.samples import Skipped
 
 
 @pytest.fixture()
@@ -68,7 +68,7 @@ def test_cache_is_reused_resumed_and_never_stale(tmp_path, folder):
 
 
 def test_training_through_the_cache_reports_bad_files_like_without(tmp_path, tiny_vit):
-    from imgtune.train import train
+    from imgtune.tuning.recipe import train
 
     root = write_class_folder(tmp_path / "colours", per_class=8)
     bad, _ = write_awkward(root / "red", prefix="red_")
@@ -83,7 +83,8 @@ def test_training_through_the_cache_reports_bad_files_like_without(tmp_path, tin
 
 
 def test_cached_dataset_works_in_loader_worker_processes(tmp_path, folder):
-    from imgtune.loader import BadFiles, make_loader
+    from imgtune.data.badfiles import BadFiles
+    from imgtune.data.loading import make_loader
     from torchvision.transforms import v2
 
     paths = [str(p) for p in list_images(folder)]

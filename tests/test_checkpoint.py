@@ -9,9 +9,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import read_metrics, run_cli, tiny_train_config
-from imgtune.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
+from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
 from imgtune.errors import UserError
-from imgtune.train import TIMING_FIELDS, train
+from imgtune.tuning.recipe import TIMING_FIELDS, train
 
 
 def reproducible(metrics: dict) -> dict:
@@ -76,7 +76,7 @@ def test_partial_and_damaged_checkpoints(capsys, tmp_path, tiny_vit, colour_fold
     # a truncated file is caught by the manifest, before anything is loaded
     optimizer = newest / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    from imgtune.cli import main
+    from imgtune.cli.main import main
     argv = ["train", "--model", str(tiny_vit), "--dataset", str(colour_folder), "--output-dir", str(out),
             "--epochs", "2", "--batch-size", "8", "--precision", "fp32", "--report-to", "none", "--resume", "auto",
             "--no-progress", "--num-workers", "0", "--val-fraction", "0.25", "--seed", "0"]

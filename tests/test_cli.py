@@ -6,7 +6,7 @@ import pytest
 from transformers import BertConfig
 
 from conftest import read_metrics, run_cli, write_class_folder
-from imgtune.cli import main
+from imgtune.cli.main import main
 
 
 def test_train_from_the_command_line(tmp_path, tiny_vit, colour_folder):
@@ -103,11 +103,11 @@ def test_listing_commands(capsys):
 def test_our_warnings_are_one_line_and_libraries_keep_theirs():
     import io
 
-    import imgtune.methods
-    from imgtune.cli import show_warning
+    import imgtune.tuning.methods.adalora
+    from imgtune.cli.main import show_warning
 
     ours, theirs = io.StringIO(), io.StringIO()
-    show_warning(UserWarning("tinit scaled"), UserWarning, imgtune.methods.__file__, 103, ours)
+    show_warning(UserWarning("tinit scaled"), UserWarning, imgtune.tuning.methods.adalora.__file__, 103, ours)
     assert ours.getvalue() == "imgtune: warning: tinit scaled\n"
     show_warning(UserWarning("from peft"), UserWarning, "/site-packages/peft/tuners/x.py", 7, theirs)
     assert "x.py:7: UserWarning: from peft" in theirs.getvalue()

@@ -3,8 +3,8 @@ import pytest
 import yaml
 
 from conftest import COLOURS, read_metrics, run_cli, write_class_folder
-from imgtune.cli import main
-from imgtune.compare import Plan, compare, finished_metrics, method_hash
+from imgtune.cli.main import main
+from imgtune.compare.runner import Plan, compare, finished_metrics, method_hash
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
 

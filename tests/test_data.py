@@ -2,7 +2,7 @@ import pytest
 
 from conftest import write_class_folder, write_image
 from imgtune.config import TrainConfig
-from imgtune.data import load_eval_split, load_splits
+from imgtune.data.splits import load_eval_split, load_splits
 from imgtune.errors import UserError
 
 

@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from conftest import run_cli
-from imgtune.cli import main
-from imgtune.evaluate import evaluate, run_eval
-from imgtune.loader import ImageDataset, make_loader
-from imgtune.output import load_run
-from imgtune.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.cli.main import main
+from imgtune.inference.evaluate import evaluate, run_eval
+from imgtune.data.samples import ImageDataset
+from imgtune.data.loading import make_loader
+from imgtune.rundir import load_run
+from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
 
 
 def unmerged_figures(run_dir, folder) -> dict:
     """The run's own PeftModel, unmerged, over the same images: what evaluate must agree with."""
-    from imgtune.data import load_eval_split
+    from imgtune.data.splits import load_eval_split
 
     run = load_run(run_dir)
     spec = ImageSpec.from_processor(run.processor)

@@ -15,8 +15,8 @@ import torch
 
 from conftest import run_cli, save_tiny_vit
 from imgtune.errors import UserError
-from imgtune.export import export
-from imgtune.output import load_run
+from imgtune.inference.export import export
+from imgtune.rundir import load_run
 
 
 def test_export_onnx_matches_torch_with_dynamic_batch(tmp_path, lora_run, colour_folder):
@@ -49,7 +49,7 @@ def test_export_onnx_matches_torch_with_dynamic_batch(tmp_path, lora_run, colour
 
 def test_export_without_onnxruntime_says_how_to_install(tmp_path, lora_run):
     code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from imgtune.cli import main\n"
+            "from imgtune.cli.main import main\n"
             f"sys.exit(main(['export', {str(lora_run)!r}, '--onnx', {str(tmp_path / 'm.onnx')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr

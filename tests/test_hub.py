@@ -3,7 +3,7 @@ import pytest
 
 from conftest import run_cli
 from imgtune.errors import UserError
-from imgtune.hub import check_push, default_repo_name
+from imgtune.tuning.hub import check_push, default_repo_name
 
 
 def test_default_repo_name_follows_the_seeds():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from badfiles import READABLE, UNREADABLE, jpeg_bytes, write_awkward
-from imgtune.images import BadImage, decode_rgb
+from imgtune.data.decode import BadImage, decode_rgb
 
 
 @pytest.fixture(scope="module")

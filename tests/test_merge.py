@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_train_config
-from imgtune.output import load_run
-from imgtune.train import train
+from imgtune.rundir import load_run
+from imgtune.tuning.recipe import train
 
 # Loads DIR with transformers alone: peft is made unimportable first, so a merged directory
 # that still needed peft (adapter_config.json, lora_* weights) would fail here.

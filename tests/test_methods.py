@@ -9,12 +9,14 @@ from transformers import ViTConfig, ViTForImageClassification
 from conftest import tiny_train_config
 from imgtune.config import TrainConfig, load_config
 from imgtune.errors import UserError
-from imgtune.loader import ImageDataset, make_loader
-from imgtune.methods import METHODS, fit_adalora_schedule, get_method
-from imgtune.model import apply_method, count_parameters
-from imgtune.output import LoadedRun, load_run
-from imgtune.predict import Predictor
-from imgtune.train import train
+from imgtune.data.samples import ImageDataset
+from imgtune.data.loading import make_loader
+from imgtune.tuning.methods import METHODS, get_method
+from imgtune.tuning.methods.adalora import fit_adalora_schedule
+from imgtune.tuning.pretrained import count_parameters
+from imgtune.rundir import LoadedRun, load_run
+from imgtune.inference.predict import Predictor
+from imgtune.tuning.recipe import train
 
 SEED_COUNTS = {"lora": 667_493, "loha": 1_257_317, "lokr": 116_069, "adalora": 520_325}
 
@@ -32,7 +34,7 @@ def test_presets_give_the_seeds_trainable_counts(vit_b16_state, method):
     model.load_state_dict(state)
     cfg = load_config(f"food101-{method}")
     assert cfg.target_modules == ["query", "value"]  # the seeds' spelling, resolved to q_proj/v_proj
-    wrapped = apply_method(model, get_method(method), cfg, total_steps=3_000)
+    wrapped = get_method(method).apply(model, cfg, total_steps=3_000)
     trainable, _ = count_parameters(wrapped)
     assert trainable == SEED_COUNTS[method]
 
@@ -131,7 +133,7 @@ def test_vit_b16_defaults(vit_b16_state, method):
     config, state = vit_b16_state
     base = ViTForImageClassification(config)
     base.load_state_dict(state)
-    model = apply_method(base, get_method(method), TrainConfig(method=method), total_steps=2950)
+    model = get_method(method).apply(base, TrainConfig(method=method), total_steps=2950)
     trainable, total = count_parameters(model)
     assert trainable == VIT_B16_TRAINABLE[method]
     assert total >= 85_876_325

@@ -3,7 +3,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from imgtune.errors import UserError
-from imgtune.model import head_modules, load_base_model, resolve_model_path, resolve_targets
+from imgtune.tuning.pretrained import head_modules, load_base_model, resolve_model_path, resolve_targets
 
 
 @pytest.fixture(scope="module")

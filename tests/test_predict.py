@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from conftest import COLOURS, run_cli, write_image
-from imgtune.predict import Predictor, predict
+from imgtune.inference.predict import Predictor, predict
 from imgtune.errors import UserError
 
 

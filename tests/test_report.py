@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import read_metrics
-from imgtune.report import MethodRun, write_report
+from imgtune.compare.report import MethodRun, write_report
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.sh"
 

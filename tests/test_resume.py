@@ -7,9 +7,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import read_metrics, tiny_train_config
-from imgtune.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint, run_of, verify
+from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint, run_of, verify
 from imgtune.errors import UserError
-from imgtune.train import TIMING_FIELDS, train
+from imgtune.tuning.recipe import TIMING_FIELDS, train
 
 
 def reproducible(metrics: dict) -> dict:
@@ -74,7 +74,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_vit, colour_folder
     train(cfg.replace(resume="auto", save_total_limit=3, logging_steps=1))
 
 
-def test_an_earlier_run_in_the_same_output_dir(tmp_path, tiny_vit, colour_folder, capsys):
+def test_an_earlier_run_in_the_same_output_dir(tmp_path, tiny_vit, colour_folder, caplog):
+    caplog.set_level("INFO", logger="imgtune")
     out = tmp_path / "run"
     cfg = tiny_train_config(tiny_vit, colour_folder, out, epochs=2, batch_size=4, save_steps=2, save_total_limit=1)
     train(cfg.replace(save_total_limit=None))
@@ -87,7 +88,8 @@ def test_an_earlier_run_in_the_same_output_dir(tmp_path, tiny_vit, colour_folder
 
     train(cfg)  # no --resume: starts afresh and moves the unfinished run out of its way
     aside = root / f"earlier-{first}"
-    assert f"moved an unfinished earlier run's checkpoints to {aside}" in capsys.readouterr().out
+    assert f"moved an unfinished earlier run's checkpoints to {aside}" in caplog.text
+    caplog.clear()
     assert run_of(aside / "checkpoint-4") == first and find_checkpoint(out, str(aside / "checkpoint-4"))
     second = {run_of(p) for p in complete_checkpoints(root)}
     assert len(second) == 1 and first not in second
@@ -95,7 +97,7 @@ def test_an_earlier_run_in_the_same_output_dir(tmp_path, tiny_vit, colour_folder
 
     count = len(complete_checkpoints(root))
     train(cfg)  # the previous run finished: its checkpoints are replaced, the set-aside run stays
-    said = capsys.readouterr().out
+    said = caplog.text
     assert f"removed {count} checkpoint(s) of a finished earlier run" in said and "moved an unfinished" not in said
     third = {run_of(p) for p in complete_checkpoints(root)}
     assert len(third) == 1 and not third & (second | {first})

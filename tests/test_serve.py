@@ -17,10 +17,10 @@ from PIL import Image
 
 from conftest import run_cli, tiny_train_config, write_class_folder
 from imgtune.errors import UserError
-from imgtune.images import BadImage, decode_rgb
-from imgtune.multi import MultiAdapterModel
-from imgtune.predict import Predictor
-from imgtune.train import train
+from imgtune.data.decode import BadImage, decode_rgb
+from imgtune.serve.engine import MultiAdapterModel
+from imgtune.inference.predict import Predictor
+from imgtune.tuning.recipe import train
 
 TWO = {"red": (200, 40, 40), "blue": (40, 60, 200)}
 
@@ -226,16 +226,17 @@ def test_added_adapter_of_another_architecture_is_refused_and_leaves_the_model_a
     assert list(model.adapters) == ["a", "w2"]
 
 
-def test_serving_on_another_base_directory_warns_once_per_adapter(tmp_path, tiny_vit, lora_run, capsys):
+def test_serving_on_another_base_directory_warns_once_per_adapter(tmp_path, tiny_vit, lora_run, caplog):
     copy = shutil.copytree(tiny_vit, tmp_path / "copied-vit")
     MultiAdapterModel(str(copy), [("a", lora_run), ("b", lora_run)], device="cpu", precision="fp32")
-    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("imgtune: warning:")]
-    assert warnings == [f"imgtune: warning: adapter {n!r} was trained on {tiny_vit.resolve()}, serving it on {copy}"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"adapter {n!r} was trained on {tiny_vit.resolve()}, serving it on {copy}"
                         for n in ("a", "b")]
     # the same directory under another spelling (relative to the working directory) is the one it was trained on
     spelled = os.path.relpath(tiny_vit)
+    caplog.clear()
     MultiAdapterModel(spelled, [("a", lora_run)], device="cpu", precision="fp32")
-    assert "imgtune: warning:" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_port_in_use_is_a_one_line_error_before_loading(tiny_vit, lora_run):

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import read_metrics, run_cli, tiny_train_config
 from imgtune.errors import UserError
-from imgtune.tracking import resolve_trackers
-from imgtune.train import train
+from imgtune.tuning.tracking import resolve_trackers
+from imgtune.tuning.recipe import train
 
 
 def test_tensorboard_events_hold_the_run_history(tmp_path, tiny_vit, colour_folder):

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import read_metrics, tiny_train_config
-from imgtune.train import epoch_table, train
+from imgtune.tuning.recipe import epoch_table, train
 
 
 def test_lora_run_writes_a_peft_directory_and_metrics(lora_run):

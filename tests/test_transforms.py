@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgtune.transforms import BatchNormalizer, EvalCrop, ImageSpec, TrainCrop
+from imgtune.data.transforms import BatchNormalizer, EvalCrop, ImageSpec, TrainCrop
 
 SHAPES = [(3, 300, 410), (3, 410, 300), (3, 224, 224), (3, 3, 2), (3, 90, 1000)]
 
@@ -49,7 +49,7 @@ def test_batch_normalizer_matches_float_normalize():
 
 
 def test_collated_batches_are_channels_last_and_normalize_to_planar_floats():
-    from imgtune.loader import collate
+    from imgtune.data.samples import collate
 
     spec = ImageSpec(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     torch.manual_seed(0)

@@ -14,20 +14,29 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from imgtune.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BAD_FILE_POLICIES = ("skip", "strict")
 
 
+def control(default: Any = None, **kwargs: Any) -> Any:
+    """A setting that changes how a run is carried out but not what it learns: a resumed run may
+    change it, and compare reuses a finished run whatever its value."""
+    return field(default=default, metadata={"result": False}, **kwargs)
+
+
 @dataclass
 class TrainConfig:
+    """Every setting of a run. Each field either shapes the result (the default) or only controls
+    the run (``control``): ``result_settings`` is what resume and compare both compare."""
+
     # what to train
     model: str = "google/vit-base-patch16-224-in21k"
     dataset: str = "food101"
     method: str = "lora"
-    # adapter shape; None means "the method's ViT default" (methods.py)
+    # adapter shape; None means "the method's ViT default" (imgtune.tuning.methods)
     rank: int | None = None
     alpha: float | None = None
     target_modules: list[str] | None = None
@@ -37,7 +46,7 @@ class TrainConfig:
     lr: float = 5e-3
     epochs: int = 5
     batch_size: int = 128
-    eval_batch_size: int | None = None
+    eval_batch_size: int | None = control()
     grad_accum: int = 1
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
@@ -59,18 +68,21 @@ class TrainConfig:
     image_size: int | None = None
     hflip: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    num_workers: int | None = None
+    # augmentation is seeded per sample (data.sampler.EpochSampler): any worker count gives the same run
+    num_workers: int | None = control()
     bad_files: str = "skip"
+    # cached images are pre-shrunk (other pixels), so whether there is a cache shapes the result
+    # (result_settings keeps it as a yes/no); where it lives does not
     cache: str | None = None
     # output and bookkeeping
-    output_dir: str = "runs/imgtune"
-    logging_steps: int = 10
-    report_to: str = "auto"
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
-    resume: str | None = None
-    push_to_hub: str | None = None
-    progress: bool = True
+    output_dir: str = control("runs/imgtune")
+    logging_steps: int = control(10)
+    report_to: str = control("auto")
+    save_steps: int | None = control()
+    save_total_limit: int | None = control(2)
+    resume: str | None = control()
+    push_to_hub: str | None = control()
+    progress: bool = control(True)
 
     def __post_init__(self) -> None:
         for name in ("target_modules", "classes"):  # YAML's `target_modules: all-linear` or `classes: a,b`
@@ -93,6 +105,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that shape what a run learns: two runs with equal ones compute the same model."""
+        values = self.to_dict()
+        settings = {f.name: values[f.name] for f in fields(self) if f.metadata.get("result", True)}
+        settings["cache"] = bool(settings["cache"])
+        return settings
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

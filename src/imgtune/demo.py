@@ -8,16 +8,20 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from .config import TrainConfig
-from .data import load_splits
-from .predict import Predictor
-from .train import train
+from imgtune.config import TrainConfig
+from imgtune.data.decode import decode_rgb
+from imgtune.data.splits import load_splits
+from imgtune.inference.predict import Predictor
+from imgtune.tuning.recipe import train
+
+log = logging.getLogger(__name__)
 
 DIGITS_BACKBONE = ViTConfig(
     image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -49,26 +53,26 @@ def run_demo(output_dir: str = "imgtune-demo", epochs: int | None = None) -> dic
     backbone_cfg, adapter_cfg = demo_configs(out, epochs)
     write_untrained_backbone(out / "untrained")
 
-    print("== step 1/3: train a compact ViT fully on digits 0-4 (the demo's pretrained backbone)")
+    log.info("== step 1/3: train a compact ViT fully on digits 0-4 (the demo's pretrained backbone)")
     base = train(backbone_cfg)
-    print(f"backbone test accuracy on digits 0-4: {base.metrics['test']['accuracy']:.4f}\n")
+    log.info(f"backbone test accuracy on digits 0-4: {base.metrics['test']['accuracy']:.4f}\n")
 
-    print("== step 2/3: LoRA-adapt the frozen backbone to the unseen digits 5-9")
+    log.info("== step 2/3: LoRA-adapt the frozen backbone to the unseen digits 5-9")
     run = train(adapter_cfg)
     test_acc = run.metrics["test"]["accuracy"]
     size_kb = run.metrics["adapter_bytes"] / 1024
-    print(f"\nLoRA test accuracy on digits 5-9: {test_acc:.4f} ({run.metrics['splits']['test']} held-out images)")
-    print(f"adapter on disk: {size_kb:.1f} KiB in {run.output_dir}")
+    log.info(f"\nLoRA test accuracy on digits 5-9: {test_acc:.4f} ({run.metrics['splits']['test']} held-out images)")
+    log.info(f"adapter on disk: {size_kb:.1f} KiB in {run.output_dir}")
 
-    print("\n== step 3/3: classify held-out images through the saved adapter")
+    log.info("\n== step 3/3: classify held-out images through the saved adapter")
     samples = write_samples(adapter_cfg, out / "samples")
     test_folder = write_test_folder(adapter_cfg, out / "test-digits-5-9")
     results, _ = Predictor.from_dir(run.output_dir).predict([str(p) for p in samples], top_k=3)
     for res in results:
         truth = Path(res["image"]).stem.split("_")[-1]
         best = res["predictions"][0]
-        print(f"  {Path(res['image']).name}: predicted {best['label']} ({best['score']:.2f}), true {truth}")
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Try:\n"
+        log.info(f"  {Path(res['image']).name}: predicted {best['label']} ({best['score']:.2f}), true {truth}")
+    log.info(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Try:\n"
           f"  imgtune predict {run.output_dir} {out / 'samples'}\n"
           f"  imgtune evaluate {run.output_dir} --dataset {test_folder}    # the held-out test images")
     return {"test_accuracy": test_acc, "adapter_bytes": run.metrics["adapter_bytes"], "output_dir": str(run.output_dir)}
@@ -77,8 +81,6 @@ def run_demo(output_dir: str = "imgtune-demo", epochs: int | None = None) -> dic
 def write_test_folder(cfg: TrainConfig, folder: Path) -> Path:
     """The run's held-out test images as an image folder (one subfolder per class, lossless PNG), so
     ``imgtune evaluate`` on it reproduces the test accuracy the run reported."""
-    from .images import decode_rgb
-
     test = load_splits(cfg).test
     names = test.features["label"].names
     for i, row in enumerate(test):
@@ -90,8 +92,6 @@ def write_test_folder(cfg: TrainConfig, folder: Path) -> Path:
 
 def write_samples(cfg: TrainConfig, folder: Path, count: int = 6) -> list[Path]:
     """A few test-split digits as PNG files, named with their true label."""
-    from .images import decode_rgb
-
     folder.mkdir(parents=True, exist_ok=True)
     test = load_splits(cfg).test
     names = test.features["label"].names

@@ -1,0 +1,127 @@
+"""Where the images come from: a hub dataset, a local folder, a CSV, or scikit-learn's digits.
+
+Every source becomes a ``datasets.DatasetDict``; ``splits`` turns it into a run's splits.
+Decoding happens later, in the loader, so bad files are met one at a time and can be skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from ..errors import UserError
+from .decode import list_images
+
+IMAGE_COLUMNS = ("image", "img", "picture", "path", "file", "filepath", "filename", "image_path")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category", "target", "coarse_label")
+
+
+def load_digits_dataset() -> datasets.DatasetDict:
+    """scikit-learn's 1,797 bundled 8x8 handwritten digit scans as a labelled image dataset."""
+    digits = load_digits()
+    pixels = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()}, features=features
+    )
+    return datasets.DatasetDict({"train": ds})
+
+
+def load_folder_dataset(folder: Path) -> datasets.DatasetDict:
+    """Class sub-folders, optionally under train/validation/test (datasets' imagefolder)."""
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
+    except Exception as err:  # datasets raises several types for "nothing usable here"
+        raise UserError(f"no usable images in {folder}: expected class sub-folders of images ({_first_line(err)})") from None
+    if "label" not in next(iter(loaded.values())).column_names:
+        # imagefolder drops the label column when every image sits in one folder
+        classes = sorted({p.parent.name for p in list_images(folder)})
+        raise UserError(f"{folder} has a single class ({', '.join(classes[:3])}): a classifier needs at least two "
+                        "class sub-folders")
+    return loaded
+
+
+CSV_PATHS_HINT = " (a CSV's relative paths are read from the CSV's own folder)"
+
+
+def load_csv_dataset(path: Path) -> datasets.DatasetDict:
+    """A CSV of path,label rows (header optional); relative paths are relative to the CSV."""
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r]
+    if not rows:
+        raise UserError(f"{path} is empty: expected path,label rows")
+    header = [h.strip().lower() for h in rows[0]]
+    image_col = next((i for i, h in enumerate(header) if h in IMAGE_COLUMNS), None)
+    label_col = next((i for i, h in enumerate(header) if h in LABEL_COLUMNS), None)
+    if image_col is not None and label_col is not None:
+        rows = rows[1:]
+    elif len(header) == 2:
+        image_col, label_col = 0, 1
+        if not (path.parent / rows[0][0]).exists():  # a header with other names
+            rows = rows[1:]
+    else:
+        raise UserError(f"{path}: need two columns path,label (got {', '.join(rows[0])})")
+    rows = [r for r in rows if len(r) > max(image_col, label_col)]
+    paths = [str((path.parent / r[image_col].strip()).resolve()) for r in rows]
+    labels = [r[label_col].strip() for r in rows]
+    names = sorted(set(labels))
+    index = {n: i for i, n in enumerate(names)}
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({"image": paths, "label": [index[l] for l in labels]}, features=features)
+    return datasets.DatasetDict({"train": ds})
+
+
+def load_hub_dataset(spec: str) -> datasets.DatasetDict:
+    name, _, split = spec.partition(":")
+    try:
+        loaded = datasets.load_dataset(name, split=split or None)
+    except Exception as err:
+        raise UserError(
+            f"could not load dataset {spec!r}: not a local folder or CSV, and the hub said: {_first_line(err)}"
+        ) from None
+    return datasets.DatasetDict({"train": loaded}) if split else loaded
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """datasets' bars for the instant work on local data are noise beside our own; turned back on
+    afterwards (a notebook's later datasets calls keep theirs)."""
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.utils.enable_progress_bars()
+
+
+def load_source(spec: str) -> datasets.DatasetDict:
+    with no_progress_bars():
+        return read_source(spec)
+
+
+def read_source(spec: str) -> datasets.DatasetDict:
+    if spec == "digits":
+        return load_digits_dataset()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_folder_dataset(path)
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise UserError(f"CSV file {spec} does not exist")
+        return load_csv_dataset(path)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise UserError(f"dataset {spec!r} is a path but neither a folder of images nor a .csv file")
+    return load_hub_dataset(spec)
+
+
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

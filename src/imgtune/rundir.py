@@ -1,0 +1,100 @@
+"""The run directory format: what ``train`` writes and what evaluate/predict/merge/export/serve read.
+
+An adapter run is a standard PEFT adapter directory (adapter_config.json,
+adapter_model.safetensors with the classifier head) plus the image processor's config and
+a config.json holding the label maps, so the seeds' inference snippet works on it as is.
+A ``full``/``linear`` run is a plain transformers model directory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import torch
+import yaml
+from safetensors import safe_open
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+from imgtune.errors import UserError
+from imgtune.tuning.methods import METHODS, Method
+from imgtune.tuning.pretrained import HEAD_NAMES, load_base_model, quiet_transformers
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RUN_CONFIG = "imgtune.yaml"
+METRICS = "metrics.json"
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    processor: object
+    labels: list[str]
+    is_adapter: bool
+    path: Path
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if isinstance(model, peft.PeftModel) else model
+
+
+def save_run(out: Path, model: torch.nn.Module, processor, method: Method) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    method.save(model, out)  # peft: adapter only; plain model: full weights
+    if isinstance(model, peft.PeftModel):
+        base_model(model).config.save_pretrained(out)  # label maps for inference
+    processor.save_pretrained(out)
+
+
+def adapter_bytes(out: Path) -> int:
+    """Size on disk of what has to be shipped besides the base model."""
+    names = [ADAPTER_WEIGHTS] if (out / ADAPTER_WEIGHTS).exists() else [p.name for p in out.glob("*.safetensors")]
+    return sum((out / n).stat().st_size for n in names)
+
+
+def method_of(out: Path) -> Method:
+    """The method a run was trained with: imgtune.yaml says; a bare peft adapter is named by its type."""
+    recorded = None
+    if (out / RUN_CONFIG).is_file():
+        recorded = (yaml.safe_load((out / RUN_CONFIG).read_text()) or {}).get("method")
+    if recorded is None and (out / ADAPTER_CONFIG).is_file():
+        recorded = str(peft.PeftConfig.from_pretrained(out).peft_type.value).lower()
+    return METHODS.get(recorded, METHODS["lora"]) if isinstance(recorded, str) else METHODS["lora"]
+
+
+def labels_of(config) -> list[str]:
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def check_head_size(out: Path, num_labels: int) -> None:
+    """An adapter whose head disagrees with config.json's label count loads into a wrong head: refuse."""
+    with safe_open(str(out / ADAPTER_WEIGHTS), framework="pt") as f:
+        for key in f.keys():
+            parts = key.split(".")
+            if key.endswith(".weight") and any(h in parts for h in HEAD_NAMES) and len(f.get_slice(key).get_shape()) == 2:
+                rows = f.get_slice(key).get_shape()[0]
+                if rows != num_labels:
+                    raise UserError(
+                        f"adapter in {out} has a {rows}-class head but its config.json lists {num_labels} labels: "
+                        "re-save the run's config.json or retrain"
+                    )
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    out = Path(path).expanduser()
+    if not (out / "config.json").is_file():
+        raise UserError(f"{out} is not an imgtune output directory (no config.json): pass the --output-dir of a run")
+    config = AutoConfig.from_pretrained(out)
+    labels = labels_of(config)
+    is_adapter = (out / ADAPTER_CONFIG).is_file()
+    if is_adapter:
+        check_head_size(out, len(labels))
+        base = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
+        with method_of(out).quiet():
+            model = peft.PeftModel.from_pretrained(load_base_model(base, labels), out)
+    else:
+        with quiet_transformers():
+            model = AutoModelForImageClassification.from_pretrained(out)
+    model.eval()
+    return LoadedRun(model, AutoImageProcessor.from_pretrained(out), labels, is_adapter, out)

@@ -1,0 +1,50 @@
+"""What a run reports: ``RunMetrics``, written as the run directory's metrics.json."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# metrics.json fields that measure the machine, not the run: everything else is reproducible
+TIMING_FIELDS = ("wall_time_s", "train_images_per_s", "peak_memory_mb")
+
+
+@dataclass
+class RunMetrics:
+    """A finished run's figures; ``to_dict`` is metrics.json (same keys, same order)."""
+
+    method: str
+    model: str
+    dataset: str
+    labels: list[str]
+    precision: str  # accelerate's mixed-precision mode: no, bf16 or fp16
+    num_processes: int
+    history: list[dict[str, Any]]  # one row per epoch
+    best_epoch: int
+    validation: dict[str, float]  # the best epoch's weights on the validation split
+    test: dict[str, float] | None
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    train_images_per_s: float
+    peak_memory_mb: float
+    bad_files: int
+    bad_file_names: list[str]
+    splits: dict[str, int]
+    confusion_matrix: list[list[int]]  # of the test split, else validation
+    per_class_accuracy: list[float | None]
+    adapter_bytes: int = 0
+    wall_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # added by callers (compare's config hash)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {**{k: v for k, v in values.items() if k != "extra"}, **values["extra"]}
+
+
+def epoch_table(history: list[dict]) -> str:
+    """The seeds' per-epoch table, as Trainer prints it in a notebook."""
+    lines = ["Epoch | Training Loss | Validation Loss | Accuracy", "------|---------------|-----------------|---------"]
+    for row in history:
+        lines.append(f"{row['epoch']:<5} | {row['train_loss']:<13.6f} | {row['eval_loss']:<15.6f} | "
+                     f"{row['eval_accuracy']:.4f}")
+    return "\n".join(lines)
