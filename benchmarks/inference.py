@@ -8,6 +8,7 @@ base vs merged vs unmerged adapter latency per method, and `imgtune serve` under
 Models are built locally with random weights (no network); adapters get random non-zero weights so
 merged and unmerged do real arithmetic. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,28 @@ METHODS = ("lora", "loha", "lokr", "adalora")
 # name -> (ViTConfig arguments, description); all random weights, built locally
 MODELS = {
     # ViT-Tiny widths, fewer layers, 64 px: per-image overheads (HTTP, decoding) weigh most here
-    "small": (dict(image_size=64, patch_size=8, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
-                   intermediate_size=768), "small ViT (192 wide, 6 layers, 64 px)"),
-    "vit-s16": (dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                     intermediate_size=1536), "ViT-S/16 shapes, 224 px"),
+    "small": (
+        dict(
+            image_size=64,
+            patch_size=8,
+            hidden_size=192,
+            num_hidden_layers=6,
+            num_attention_heads=3,
+            intermediate_size=768,
+        ),
+        "small ViT (192 wide, 6 layers, 64 px)",
+    ),
+    "vit-s16": (
+        dict(
+            image_size=224,
+            patch_size=16,
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+        ),
+        "ViT-S/16 shapes, 224 px",
+    ),
     "vit-b16": (dict(image_size=224, patch_size=16), "ViT-B/16 shapes, 224 px (the reference experiment's model)"),
 }
 
@@ -61,16 +80,16 @@ def make_adapter(root: Path, base: Path, method: str, num_labels: int = 10) -> P
     from transformers import AutoImageProcessor
 
     from imgtune.config import TrainConfig
+    from imgtune.rundir import RUN_CONFIG, save_run
     from imgtune.tuning.methods import get_method
     from imgtune.tuning.pretrained import load_base_model
-    from imgtune.rundir import RUN_CONFIG, save_run
 
     labels = [f"class{i}" for i in range(num_labels)]
     cfg = TrainConfig(model=str(base), method=method)
     model = get_method(method).apply(load_base_model(str(base), labels), cfg, total_steps=10_000)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.02)
     out = root / f"{method}-{num_labels}"
@@ -127,7 +146,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def latencies(base: Path, runs: dict[str, Path], batch: int, repeats: int, device: str) -> dict[str, tuple[float, float]]:
+def latencies(
+    base: Path, runs: dict[str, Path], batch: int, repeats: int, device: str
+) -> dict[str, tuple[float, float]]:
     """Median forward latency (ms) of base, merged and unmerged, timed interleaved so noise hits all alike."""
     import torch
     from transformers import AutoModelForImageClassification
@@ -169,8 +190,13 @@ def loadgen(url: str, adapters: list[str], image_dir: str, requests: int, client
 
     def one(i: int, client: httpx.Client):
         t = time.perf_counter()
-        r = client.post(f"{url}/v1/classify", params={"adapter": adapters[i % len(adapters)], "top_k": 1},
-                        content=payloads[i % len(payloads)], headers={"content-type": "image/jpeg"}, timeout=120)
+        r = client.post(
+            f"{url}/v1/classify",
+            params={"adapter": adapters[i % len(adapters)], "top_k": 1},
+            content=payloads[i % len(payloads)],
+            headers={"content-type": "image/jpeg"},
+            timeout=120,
+        )
         return time.perf_counter() - t, r.status_code == 200
 
     def worker(k: int):
@@ -182,7 +208,9 @@ def loadgen(url: str, adapters: list[str], image_dir: str, requests: int, client
 
     with httpx.Client() as c:  # warm-up, not counted
         for a in adapters:
-            c.post(f"{url}/v1/classify", params={"adapter": a}, content=payloads[0], headers={"content-type": "image/jpeg"})
+            c.post(
+                f"{url}/v1/classify", params={"adapter": a}, content=payloads[0], headers={"content-type": "image/jpeg"}
+            )
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = [r for chunk in pool.map(worker, range(clients)) for r in chunk]
@@ -190,17 +218,38 @@ def loadgen(url: str, adapters: list[str], image_dir: str, requests: int, client
     lat = sorted(t for t, _ in results)
     errors = sum(not ok for _, ok in results)
     q = statistics.quantiles(lat, n=100)
-    return {"throughput": len(results) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "errors": errors,
-            "requests": len(results)}
+    return {
+        "throughput": len(results) / wall,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "errors": errors,
+        "requests": len(results),
+    }
 
 
-def serve_load(base: Path, adapters: dict[str, Path], image_dir: Path, requests: int, clients: int,
-               max_batch: int, device: str) -> dict:
+def serve_load(
+    base: Path, adapters: dict[str, Path], image_dir: Path, requests: int, clients: int, max_batch: int, device: str
+) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(base), "--port", str(port), "--device", device,
-           "--max-batch", str(max_batch), "--max-wait-ms", "5", *[f"--adapter={n}={p}" for n, p in adapters.items()]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgtune",
+        "serve",
+        "--base",
+        str(base),
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        "5",
+        *[f"--adapter={n}={p}" for n, p in adapters.items()],
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -214,8 +263,21 @@ def serve_load(base: Path, adapters: dict[str, Path], image_dir: Path, requests:
                 time.sleep(0.2)
         else:
             raise RuntimeError("server did not start")
-        out = subprocess.run([sys.executable, __file__, "--loadgen", url, ",".join(adapters), str(image_dir),
-                              str(requests), str(clients)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--loadgen",
+                url,
+                ",".join(adapters),
+                str(image_dir),
+                str(requests),
+                str(clients),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         health = httpx.get(f"{url}/healthz").json()
         result["mean_batch"] = health["images"] / max(health["batches"], 1)
@@ -261,30 +323,45 @@ def main() -> None:
             batched = max(batched, batched_predict(runs["lora"], images, args.batch_size, dev))
         lat = latencies(base, runs, args.latency_batch, args.repeats, dev)
         loads = {"1 adapter": {"a": runs["lora"]}, "2 adapters (10 and 5 classes)": {"a": runs["lora"], "b": second}}
-        served = {label: max((serve_load(base, adapters, root / "images", args.requests, args.clients,
-                                         args.batch_size, dev) for _ in range(args.rounds)),
-                             key=lambda r: r["throughput"])
-                  for label, adapters in loads.items()}
+        served = {
+            label: max(
+                (
+                    serve_load(base, adapters, root / "images", args.requests, args.clients, args.batch_size, dev)
+                    for _ in range(args.rounds)
+                ),
+                key=lambda r: r["throughput"],
+            )
+            for label, adapters in loads.items()
+        }
 
     model = MODELS[args.model][1]
     where = torch.cuda.get_device_name() if dev.startswith("cuda") else "CPU"
-    print(f"\n{model}, {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores visible\n")
+    print(
+        f"\n{model}, {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores visible\n"
+    )
     print("| measure | value | ratio |\n|---|---|---|")
     print(f"| seeds' snippet, one image at a time (LoRA), best of {args.rounds} | {snippet:.1f} img/s | 1.00x |")
-    print(f"| imgtune Predictor, batch {args.batch_size} (LoRA, merged in memory), best of {args.rounds} | {batched:.1f} img/s | {batched / snippet:.2f}x |")
+    print(
+        f"| imgtune Predictor, batch {args.batch_size} (LoRA, merged in memory), best of {args.rounds} "
+        f"| {batched:.1f} img/s | {batched / snippet:.2f}x |"
+    )
     b, bmin = lat["base"]
-    print(f"| base forward, batch {args.latency_batch}, median / min of {args.repeats} | {b:.1f} / {bmin:.1f} ms "
-          f"| 1.00x / 1.00x |")
+    print(
+        f"| base forward, batch {args.latency_batch}, median / min of {args.repeats} | {b:.1f} / {bmin:.1f} ms "
+        f"| 1.00x / 1.00x |"
+    )
     for m in METHODS:
         for kind in ("merged", "unmerged"):
             med, low = lat[f"{m} {kind}"]
             print(f"| {m} {kind} | {med:.1f} / {low:.1f} ms | {med / b:.3f}x / {low / bmin:.3f}x |")
     for label, r in served.items():
-        print(f"| serve, {label}, {args.clients} clients, {r['requests']} req, best of {args.rounds} | "
-              f"{r['throughput']:.1f} img/s, "
-              f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, mean batch "
-              f"{r['mean_batch']:.1f} | {r['throughput'] / batched:.2f}x of batched predict |")
+        print(
+            f"| serve, {label}, {args.clients} clients, {r['requests']} req, best of {args.rounds} | "
+            f"{r['throughput']:.1f} img/s, "
+            f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, mean batch "
+            f"{r['mean_batch']:.1f} | {r['throughput'] / batched:.2f}x of batched predict |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the readable ones in unusual modes that a naive ``convert("RGB")`` gets wrong.
 
 ``write_awkward(folder)`` writes them all and returns ``(unreadable, readable)`` name lists.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,12 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     """A valid PNG header claiming ``width`` x ``height`` pixels with almost no data: the
     real check (size from the header, before decoding) runs without a giant file."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes(colour=(200, 40, 40), size=(64, 48)) -> bytes:
@@ -63,12 +68,12 @@ def write_awkward(folder: Path, prefix: str = "") -> tuple[list[str], list[str]]
 
     Image.new("CMYK", (48, 40), (0, 255, 255, 0)).save(p("cmyk.jpg"), quality=95)
     rgba = np.zeros((32, 40, 4), np.uint8)
-    rgba[:, :20] = (255, 0, 0, 0)      # fully transparent: white once composited
-    rgba[:, 20:] = (255, 0, 0, 128)    # half red over white: about (255, 127, 127)
+    rgba[:, :20] = (255, 0, 0, 0)  # fully transparent: white once composited
+    rgba[:, 20:] = (255, 0, 0, 128)  # half red over white: about (255, 127, 127)
     Image.fromarray(rgba, "RGBA").save(p("rgba.png"))
     la = np.zeros((32, 40, 2), np.uint8)
-    la[..., 0], la[..., 1] = 0, 255    # opaque black
-    la[:, :20, 1] = 0                  # left half transparent: white
+    la[..., 0], la[..., 1] = 0, 255  # opaque black
+    la[:, :20, 1] = 0  # left half transparent: white
     Image.fromarray(la, "LA").save(p("la.png"))
     pal = Image.new("P", (40, 32), 1)
     pal.putpalette([0, 0, 0, 40, 180, 60] + [0, 0, 0] * 254)

@@ -3,6 +3,7 @@
 Everything is made here, offline: the real from_pretrained / load_dataset code paths run
 on local directories.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# what `imgtune` itself sets for its process (imgtune.cli.main): tests that train in-process run with
+# the same OpenMP wait policy as the command line (spinning threads starve the loader on 2 cores)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,8 +51,15 @@ def save_tiny_vit(path: Path, num_labels: int = 2, image_size: int = 32, seed: i
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
     ViTForImageClassification(config).save_pretrained(path)
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(path)
     return path
@@ -57,15 +68,33 @@ def save_tiny_vit(path: Path, num_labels: int = 2, image_size: int = 32, seed: i
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """The real console entry point, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "imgtune", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "imgtune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def tiny_train_config(model: Path, dataset: Path, out: Path, **overrides):
     from imgtune.config import TrainConfig
 
-    values = dict(model=str(model), dataset=str(dataset), output_dir=str(out), epochs=2, batch_size=8, lr=5e-3,
-                  precision="fp32", report_to="none", progress=False, seed=0, num_workers=0, val_fraction=0.25)
+    values = dict(
+        model=str(model),
+        dataset=str(dataset),
+        output_dir=str(out),
+        epochs=2,
+        batch_size=8,
+        lr=5e-3,
+        precision="fp32",
+        report_to="none",
+        progress=False,
+        seed=0,
+        num_workers=0,
+        val_fraction=0.25,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -1,4 +1,5 @@
 """The package itself: the Python API names, and a command line that answers at once."""
+
 import subprocess
 import sys
 

@@ -1,5 +1,6 @@
 """The bad-input policy, end to end through the real CLI: ``skip`` counts and lists every
 unreadable file in train and evaluate; ``--strict`` refuses to start, naming each one."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,21 @@ def test_train_skips_counts_and_lists_every_unreadable_file(skip_run, planted):
 def test_train_strict_fails_before_training_naming_every_file(tmp_path, tiny_vit, planted):
     folder, unreadable = planted
     out = tmp_path / "strict"
-    proc = run_cli("train", "--model", tiny_vit, "--dataset", folder, "--output-dir", out, "--epochs", "1",
-                   "--report-to", "none", "--no-progress", "--strict")
+    proc = run_cli(
+        "train",
+        "--model",
+        tiny_vit,
+        "--dataset",
+        folder,
+        "--output-dir",
+        out,
+        "--epochs",
+        "1",
+        "--report-to",
+        "none",
+        "--no-progress",
+        "--strict",
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"{len(unreadable)} unreadable image(s)" in proc.stderr
     assert all(path in proc.stderr for path in unreadable)
@@ -81,7 +95,8 @@ def test_predict_on_a_folder_skips_the_same_files_and_strict_refuses(skip_run, p
 
 
 def test_strict_on_a_cache_names_every_file_from_the_cache_without_decoding_again(
-        tmp_path, tiny_vit, skip_run, planted, monkeypatch):
+    tmp_path, tiny_vit, skip_run, planted, monkeypatch
+):
     import imgtune.data.badfiles
     from imgtune.errors import UserError
     from imgtune.inference.evaluate import evaluate

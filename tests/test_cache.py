@@ -1,5 +1,6 @@
 """The preprocessed cache: same pixels policy as decoding, bad files recorded, resumable,
 never stale, and a training run through it reports bad files exactly as without it."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from badfiles import UNREADABLE, write_awkward
 from conftest import read_metrics, tiny_train_config, write_class_folder, write_image
-from imgtune.data.cache import build_cache, cache_side, CachedImageDataset
+from imgtune.data.cache import CachedImageDataset, build_cache, cache_side
 from imgtune.data.decode import decode_rgb, list_images
 from imgtune.data.samples import Skipped
 
@@ -64,7 +65,10 @@ def test_cache_is_reused_resumed_and_never_stale(tmp_path, folder):
     changed = build_cache(tmp_path / "c", paths, 32, progress=False, shard_rows=4)
     assert changed.folder != first.folder
     assert changed.pixels(paths.index(str(folder / "a0.jpg")))[..., 1].mean() > 120  # green now
-    assert build_cache(tmp_path / "c", paths, 64, progress=False, shard_rows=4).folder not in (first.folder, changed.folder)
+    assert build_cache(tmp_path / "c", paths, 64, progress=False, shard_rows=4).folder not in (
+        first.folder,
+        changed.folder,
+    )
 
 
 def test_training_through_the_cache_reports_bad_files_like_without(tmp_path, tiny_vit):
@@ -79,13 +83,16 @@ def test_training_through_the_cache_reports_bad_files_like_without(tmp_path, tin
     assert metrics["bad_file_names"] == sorted(str(root / "red" / n) for n in bad)
     assert [l.split("\t")[0] for l in (out / "bad_files.txt").read_text().splitlines()] == metrics["bad_file_names"]
     manifests = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/manifest.json")]
-    assert sorted(m["rows"] for m in manifests) == sorted(metrics["splits"][k] for k in ("train", "validation") if metrics["splits"][k])
+    assert sorted(m["rows"] for m in manifests) == sorted(
+        metrics["splits"][k] for k in ("train", "validation") if metrics["splits"][k]
+    )
 
 
 def test_cached_dataset_works_in_loader_worker_processes(tmp_path, folder):
+    from torchvision.transforms import v2
+
     from imgtune.data.badfiles import BadFiles
     from imgtune.data.loading import make_loader
-    from torchvision.transforms import v2
 
     paths = [str(p) for p in list_images(folder)]
     cache = build_cache(tmp_path / "c", paths, 32, progress=False, shard_rows=4)

@@ -1,4 +1,5 @@
 """Checkpoints: atomic, rotated, verified; a SIGKILLed run resumes to the same result bit for bit."""
+
 import json
 import signal
 import subprocess
@@ -9,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import read_metrics, run_cli, tiny_train_config
-from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
 from imgtune.errors import UserError
+from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
 from imgtune.tuning.recipe import TIMING_FIELDS, train
 
 
@@ -19,9 +20,35 @@ def reproducible(metrics: dict) -> dict:
 
 
 def train_args(model, data, out, *extra):
-    return ["train", "--model", model, "--dataset", data, "--output-dir", out, "--epochs", "5", "--batch-size", "4",
-            "--lr", "5e-3", "--precision", "fp32", "--report-to", "none", "--num-workers", "0", "--seed", "3",
-            "--val-fraction", "0.25", "--save-steps", "2", "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--output-dir",
+        out,
+        "--epochs",
+        "5",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--precision",
+        "fp32",
+        "--report-to",
+        "none",
+        "--num-workers",
+        "0",
+        "--seed",
+        "3",
+        "--val-fraction",
+        "0.25",
+        "--save-steps",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_vit, colour_folder):
@@ -77,9 +104,33 @@ def test_partial_and_damaged_checkpoints(capsys, tmp_path, tiny_vit, colour_fold
     optimizer = newest / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
     from imgtune.cli.main import main
-    argv = ["train", "--model", str(tiny_vit), "--dataset", str(colour_folder), "--output-dir", str(out),
-            "--epochs", "2", "--batch-size", "8", "--precision", "fp32", "--report-to", "none", "--resume", "auto",
-            "--no-progress", "--num-workers", "0", "--val-fraction", "0.25", "--seed", "0"]
+
+    argv = [
+        "train",
+        "--model",
+        str(tiny_vit),
+        "--dataset",
+        str(colour_folder),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--report-to",
+        "none",
+        "--resume",
+        "auto",
+        "--no-progress",
+        "--num-workers",
+        "0",
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "0",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is damaged (optimizer.pt does not match its manifest)" in err and err.count("\n") == 1

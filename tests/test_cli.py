@@ -1,4 +1,5 @@
 """The command line: real subprocesses for the main paths, in-process main() for the error matrix."""
+
 import json
 import shutil
 
@@ -11,9 +12,30 @@ from imgtune.cli.main import main
 
 def test_train_from_the_command_line(tmp_path, tiny_vit, colour_folder):
     out = tmp_path / "run"
-    proc = run_cli("train", "--config", "food101-lora", "--model", tiny_vit, "--dataset", colour_folder,
-                   "--epochs", "2", "--batch-size", "8", "--grad-accum", "1", "--precision", "fp32",
-                   "--output-dir", out, "--report-to", "none", "--num-workers", "0", "--no-progress")
+    proc = run_cli(
+        "train",
+        "--config",
+        "food101-lora",
+        "--model",
+        tiny_vit,
+        "--dataset",
+        colour_folder,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "1",
+        "--precision",
+        "fp32",
+        "--output-dir",
+        out,
+        "--report-to",
+        "none",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "trainable params:" in proc.stdout
     assert "Epoch | Training Loss | Validation Loss | Accuracy" in proc.stdout
@@ -47,24 +69,30 @@ def error_of(capsys, *argv) -> str:
 
 def test_error_matrix(capsys, tmp_path, tiny_vit, colour_folder, not_a_classifier):
     train = ("train", "--epochs", "1", "--output-dir", tmp_path / "o", "--report-to", "none", "--no-progress")
-    assert "unknown method 'lorra'" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", colour_folder,
-                                                "--method", "lorra")
+    assert "unknown method 'lorra'" in error_of(
+        capsys, *train, "--model", tiny_vit, "--dataset", colour_folder, "--method", "lorra"
+    )
     assert "neither a file nor a preset" in error_of(capsys, *train, "--config", "food101-nope")
     assert "not a directory" in error_of(capsys, *train, "--model", tmp_path / "missing", "--dataset", colour_folder)
-    assert "not an image classifier" in error_of(capsys, *train, "--model", not_a_classifier,
-                                                 "--dataset", colour_folder)
+    assert "not an image classifier" in error_of(
+        capsys, *train, "--model", not_a_classifier, "--dataset", colour_folder
+    )
     (tmp_path / "empty").mkdir()
     assert "no usable images" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", tmp_path / "empty")
     write_class_folder(tmp_path / "one", per_class=3, classes={"red": (255, 0, 0)})
     assert "single class" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", tmp_path / "one")
-    assert "target module 'qkv'" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", colour_folder,
-                                             "--target-modules", "qkv")
-    assert "fp16 mixed precision needs a GPU" in error_of(capsys, *train, "--model", tiny_vit,
-                                                          "--dataset", colour_folder, "--precision", "fp16")
-    assert "cannot take 64-px images" in error_of(capsys, *train, "--model", tiny_vit, "--dataset", colour_folder,
-                                                  "--image-size", "64")
-    assert "--resume /nowhere: no such checkpoint" in error_of(capsys, *train, "--model", tiny_vit,
-                                                               "--dataset", colour_folder, "--resume", "/nowhere")
+    assert "target module 'qkv'" in error_of(
+        capsys, *train, "--model", tiny_vit, "--dataset", colour_folder, "--target-modules", "qkv"
+    )
+    assert "fp16 mixed precision needs a GPU" in error_of(
+        capsys, *train, "--model", tiny_vit, "--dataset", colour_folder, "--precision", "fp16"
+    )
+    assert "cannot take 64-px images" in error_of(
+        capsys, *train, "--model", tiny_vit, "--dataset", colour_folder, "--image-size", "64"
+    )
+    assert "--resume /nowhere: no such checkpoint" in error_of(
+        capsys, *train, "--model", tiny_vit, "--dataset", colour_folder, "--resume", "/nowhere"
+    )
     rows = "".join(f"{p.relative_to(colour_folder)},{p.parent.name}\n" for p in sorted(colour_folder.rglob("*.*")))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "rows.csv").write_text(rows)  # paths relative to the wrong folder: nothing readable
@@ -85,10 +113,12 @@ def test_adapter_with_the_wrong_label_count(capsys, tmp_path, lora_run, colour_f
     assert "no such file" in error_of(capsys, "predict", lora_run, tmp_path / "nope.jpg")
     assert "--top-k must be at least 1, got 0" in error_of(capsys, "predict", lora_run, image, "--top-k", "0")
     assert "--batch-size must be at least 1" in error_of(capsys, "predict", lora_run, image, "--batch-size", "0")
-    assert "--batch-size must be at least 1" in error_of(capsys, "evaluate", lora_run, "--dataset", colour_folder,
-                                                         "--batch-size", "-3")
-    assert "--num-workers must be at least 0" in error_of(capsys, "evaluate", lora_run, "--dataset", colour_folder,
-                                                          "--num-workers", "-1")
+    assert "--batch-size must be at least 1" in error_of(
+        capsys, "evaluate", lora_run, "--dataset", colour_folder, "--batch-size", "-3"
+    )
+    assert "--num-workers must be at least 0" in error_of(
+        capsys, "evaluate", lora_run, "--dataset", colour_folder, "--num-workers", "-1"
+    )
     (tmp_path / "a-file").write_text("")
     assert "File exists" in error_of(capsys, "merge", lora_run, "--to", tmp_path / "a-file")
 

@@ -1,4 +1,7 @@
 """``imgtune compare`` through the real CLI: runs, report, re-run skips finished methods, failures."""
+
+import json
+
 import pytest
 import yaml
 
@@ -7,14 +10,34 @@ from imgtune.cli.main import main
 from imgtune.compare.runner import Plan, compare, finished_metrics, method_hash
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
-
 from test_report import assert_self_contained
 
 
 def compare_args(model, dataset, out, methods: str, *extra: str) -> list:
-    return ["compare", "--methods", methods, "--model", model, "--dataset", dataset, "--output-dir", out,
-            "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--num-workers", "0",
-            "--test-fraction", "0.2", "--report-to", "none", *extra]
+    return [
+        "compare",
+        "--methods",
+        methods,
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--output-dir",
+        out,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "0",
+        "--test-fraction",
+        "0.2",
+        "--report-to",
+        "none",
+        *extra,
+    ]
 
 
 def table_row(markdown: str, method: str) -> str:
@@ -40,7 +63,8 @@ def test_compare_trains_each_method_reports_and_resumes(tmp_path, tiny_vit, colo
     assert metrics["lora"]["splits"] == metrics["ia3"]["splits"]  # same data and split
     assert metrics["lora"]["trainable_params"] != metrics["ia3"]["trainable_params"]
     assert metrics["lora"]["config_hash"] == method_hash(
-        TrainConfig(**{**yaml.safe_load((out / "configs" / "lora.yaml").read_text())}), "lora")
+        TrainConfig(**{**yaml.safe_load((out / "configs" / "lora.yaml").read_text())}), "lora"
+    )
 
     report = (out / "report.md").read_text()
     for name, m in metrics.items():
@@ -63,7 +87,7 @@ def test_config_hash_decides_what_is_finished(tmp_path, tiny_vit, colour_folder)
         assert method_hash(cfg, "lora") != method_hash(cfg.replace(**change), "lora"), change
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text('{"config_hash": "%s"}' % method_hash(cfg, "lora"))
+    (run / "metrics.json").write_text(json.dumps({"config_hash": method_hash(cfg, "lora")}))
     assert finished_metrics(run, method_hash(cfg, "lora")) is not None
     assert finished_metrics(run, method_hash(cfg.replace(seed=1), "lora")) is None
 
@@ -101,10 +125,12 @@ def test_bad_data_or_model_fails_once_before_any_method_starts(tmp_path, tiny_vi
     cfg = TrainConfig(model=str(tiny_vit), dataset=str(colour_folder), epochs=1)
     one_class = write_class_folder(tmp_path / "one-class", per_class=3, classes={"red": COLOURS["red"]})
     (tmp_path / "empty-model").mkdir()
-    for change, message in [({"model": str(tmp_path / "no-model")}, "is not a directory holding a saved model"),
-                            ({"model": str(tmp_path / "empty-model")}, "cannot load model"),
-                            ({"dataset": str(one_class)}, "single class"),
-                            ({"classes": ["red", "purple"]}, r"classes \['purple'\] are not in the dataset")]:
+    for change, message in [
+        ({"model": str(tmp_path / "no-model")}, "is not a directory holding a saved model"),
+        ({"model": str(tmp_path / "empty-model")}, "cannot load model"),
+        ({"dataset": str(one_class)}, "single class"),
+        ({"classes": ["red", "purple"]}, r"classes \['purple'\] are not in the dataset"),
+    ]:
         with pytest.raises(UserError, match=message):
             compare(Plan(cfg.replace(**change), ["lora", "loha"], out, "t"))
         assert not out.exists(), change
@@ -113,8 +139,9 @@ def test_bad_data_or_model_fails_once_before_any_method_starts(tmp_path, tiny_vi
 def test_empty_method_list_is_an_error(tmp_path, tiny_vit, colour_folder, capsys):
     for methods in ("", " , "):
         assert main(compare_args(str(tiny_vit), str(colour_folder), str(tmp_path / "cmp"), methods)) == 2
-        assert capsys.readouterr().err.strip() == ("imgtune: error: --methods is empty: name at least one method, "
-                                                   "e.g. lora,loha")
+        assert capsys.readouterr().err.strip() == (
+            "imgtune: error: --methods is empty: name at least one method, e.g. lora,loha"
+        )
     with pytest.raises(UserError, match="--methods is empty"):
         compare(Plan(TrainConfig(model=str(tiny_vit), dataset=str(colour_folder)), [], tmp_path / "cmp", "t"))
     assert not (tmp_path / "cmp").exists()

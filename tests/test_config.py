@@ -8,7 +8,12 @@ def test_presets_reproduce_the_seed_runs():
     assert {"food101-lora", "food101-loha", "food101-lokr", "food101-adalora"} <= set(list_presets())
     lora = load_config("food101-lora")
     assert (lora.model, lora.dataset, lora.rank, lora.alpha, lora.dropout) == (
-        "google/vit-base-patch16-224-in21k", "food101", 16, 16, 0.1)
+        "google/vit-base-patch16-224-in21k",
+        "food101",
+        16,
+        16,
+        0.1,
+    )
     assert (lora.lr, lora.epochs, lora.batch_size, lora.grad_accum) == (5e-3, 5, 128, 4)
     ada = load_config("food101-adalora")
     assert ada.method == "adalora" and ada.rank == 8
@@ -30,26 +35,29 @@ def test_saved_config_loads_back(tmp_path):
     assert load_config(tmp_path / "imgtune.yaml") == cfg
 
 
-@pytest.mark.parametrize("text, message", [
-    ("epochs: [1\n", "not valid YAML"),
-    ("- a\n- b\n", "must hold a mapping"),
-    ("epoks: 3\n", "unknown setting"),
-    ("precision: fp8\n", "unknown precision"),
-    ("epochs: 0\n", "--epochs must be at least 1"),
-    ("epoks: 3\n", r"epoks \(did you mean epochs\?\)"),
-    ("learning_rate: 0.01\n", r"learning_rate \(did you mean lr\?\)"),
-    ("epochs: two\n", "setting epochs must be a whole number, got 'two'"),
-    ("hflip: maybe\n", "setting hflip must be true or false"),
-    # a negative norm would flip the gradients inside clip_grad_norm_ and train in reverse
-    ("max_grad_norm: -1\n", r"--max-grad-norm must be above 0, got -1"),
-    ("warmup_ratio: 2\n", r"--warmup-ratio must be in \[0, 1\), got 2"),
-    ("weight_decay: -1\n", "--weight-decay must be at least 0"),
-    ("num_workers: -1\n", "--num-workers must be at least 0"),
-    ("image_size: 0\n", "--image-size must be at least 1"),
-    ("dropout: 1\n", r"--dropout must be in \[0, 1\)"),
-    ("crop_scale: [0.9, 0.2]\n", "crop_scale must be two numbers"),
-    ("crop_scale: [small, big]\n", "crop_scale must be two numbers"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: [1\n", "not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("epoks: 3\n", "unknown setting"),
+        ("precision: fp8\n", "unknown precision"),
+        ("epochs: 0\n", "--epochs must be at least 1"),
+        ("epoks: 3\n", r"epoks \(did you mean epochs\?\)"),
+        ("learning_rate: 0.01\n", r"learning_rate \(did you mean lr\?\)"),
+        ("epochs: two\n", "setting epochs must be a whole number, got 'two'"),
+        ("hflip: maybe\n", "setting hflip must be true or false"),
+        # a negative norm would flip the gradients inside clip_grad_norm_ and train in reverse
+        ("max_grad_norm: -1\n", r"--max-grad-norm must be above 0, got -1"),
+        ("warmup_ratio: 2\n", r"--warmup-ratio must be in \[0, 1\), got 2"),
+        ("weight_decay: -1\n", "--weight-decay must be at least 0"),
+        ("num_workers: -1\n", "--num-workers must be at least 0"),
+        ("image_size: 0\n", "--image-size must be at least 1"),
+        ("dropout: 1\n", r"--dropout must be in \[0, 1\)"),
+        ("crop_scale: [0.9, 0.2]\n", "crop_scale must be two numbers"),
+        ("crop_scale: [small, big]\n", "crop_scale must be two numbers"),
+    ],
+)
 def test_bad_config_files_are_user_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -27,7 +27,9 @@ def test_split_folders_and_test_from_validation(tmp_path):
 
 
 def test_csv_with_relative_paths(tmp_path, colour_folder):
-    rows = ["path,label"] + [f"{p.relative_to(colour_folder)},{p.parent.name}" for p in sorted(colour_folder.rglob("*.*"))]
+    rows = ["path,label"] + [
+        f"{p.relative_to(colour_folder)},{p.parent.name}" for p in sorted(colour_folder.rglob("*.*"))
+    ]
     (colour_folder / "labels.csv").write_text("\n".join(rows) + "\n")
     splits = load_splits(cfg_for(colour_folder / "labels.csv"))
     assert splits.labels == ["blue", "green", "red"]

@@ -1,4 +1,5 @@
 """`imgtune demo` is a real run: backbone trained on digits 0-4, LoRA on 5-9, predictions via the saved adapter."""
+
 import json
 import re
 

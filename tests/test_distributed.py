@@ -1,4 +1,5 @@
 """Two CPU processes under `accelerate launch` (gloo) against one process with the same global batch."""
+
 import os
 import signal
 import subprocess
@@ -14,12 +15,47 @@ from conftest import COLOURS, read_metrics, write_class_folder
 def launch(processes: int, model, data, out, batch_size: int, *extra: str) -> subprocess.CompletedProcess:
     # --multi_gpu selects accelerate's torchrun launcher; with no GPU the processes join as multi-CPU (gloo)
     launcher = ["--multi_gpu"] if processes > 1 else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "imgtune", "train", "--model", str(model), "--dataset", str(data), "--output-dir", str(out),
-           "--epochs", "2", "--batch-size", str(batch_size), "--precision", "fp32", "--report-to", "none",
-           "--num-workers", "0", "--no-progress", "--dropout", "0", "--val-fraction", "0.25",
-           "--seed", "5", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "imgtune",
+        "train",
+        "--model",
+        str(model),
+        "--dataset",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        str(batch_size),
+        "--precision",
+        "fp32",
+        "--report-to",
+        "none",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--dropout",
+        "0",
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "5",
+        *extra,
+    ]
     # its own session, so a hung run's worker processes can all be killed, not orphaned
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -46,7 +82,10 @@ def test_two_processes_agree_with_one(tmp_path, tiny_vit):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
         assert h2["eval_loss"] == pytest.approx(h1["eval_loss"], rel=1e-4)
         assert h2["eval_accuracy"] == h1["eval_accuracy"]
-    w1, w2 = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
+    w1, w2 = (
+        load_file(tmp_path / "one" / "adapter_model.safetensors"),
+        load_file(tmp_path / "two" / "adapter_model.safetensors"),
+    )
     assert w1.keys() == w2.keys()
     for key in w1:
         # Adam normalises updates, so float reduction-order noise in the gradients shows up at ~1e-5
@@ -65,8 +104,19 @@ def test_unreadable_files_and_empty_batches_do_not_hang_two_processes(tmp_path, 
     for broken in ("train/red/broken-1.jpg", "train/green/broken-2.png", "validation/red/broken-3.jpg"):
         (data / broken).write_bytes(b"not an image")
     # through the preprocessed cache (one process builds it, the other reads it): same counts
-    proc = launch(2, tiny_vit, data, tmp_path / "run", 1, "--eval-batch-size", "1", "--save-steps", "2",
-                  "--cache", str(tmp_path / "cache"))
+    proc = launch(
+        2,
+        tiny_vit,
+        data,
+        tmp_path / "run",
+        1,
+        "--eval-batch-size",
+        "1",
+        "--save-steps",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2
     metrics = read_metrics(tmp_path / "run")

@@ -5,11 +5,11 @@ import torch
 
 from conftest import run_cli
 from imgtune.cli.main import main
-from imgtune.inference.evaluate import evaluate, run_eval
-from imgtune.data.samples import ImageDataset
 from imgtune.data.loading import make_loader
-from imgtune.rundir import load_run
+from imgtune.data.samples import ImageDataset
 from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.inference.evaluate import evaluate, run_eval
+from imgtune.rundir import load_run
 
 
 def unmerged_figures(run_dir, folder) -> dict:
@@ -35,14 +35,16 @@ def test_evaluate_folds_the_adapter_in_and_matches_the_unmerged_model(lora_run, 
 
 def test_evaluate_with_a_cache_builds_it_once_and_agrees(lora_run, colour_folder, tmp_path):
     plain = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32")
-    first = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32",
-                     cache=str(tmp_path / "cache"))
+    first = evaluate(
+        str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32", cache=str(tmp_path / "cache")
+    )
     manifests = list((tmp_path / "cache").glob("*/manifest.json"))
     assert len(manifests) == 1 and json.loads(manifests[0].read_text())["rows"] == 30
     shard = next(manifests[0].parent.glob("shard-*.bin"))
     built = shard.stat().st_mtime_ns
-    again = evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32",
-                     cache=str(tmp_path / "cache"))
+    again = evaluate(
+        str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32", cache=str(tmp_path / "cache")
+    )
     assert shard.stat().st_mtime_ns == built  # reused, not rebuilt
     assert again == first
     # the cache stores a slightly larger resize, so pixels differ a little from direct decoding
@@ -51,18 +53,32 @@ def test_evaluate_with_a_cache_builds_it_once_and_agrees(lora_run, colour_folder
 
 
 def test_evaluate_cli_json(lora_run, colour_folder):
-    proc = run_cli("evaluate", lora_run, "--dataset", colour_folder, "--json", "--device", "cpu",
-                   "--precision", "fp32", "--num-workers", "0")
+    proc = run_cli(
+        "evaluate",
+        lora_run,
+        "--dataset",
+        colour_folder,
+        "--json",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert metrics["count"] == 30 and metrics["bad_files"] == 0
     assert metrics == evaluate(str(lora_run), str(colour_folder), progress=False, device="cpu", precision="fp32")
 
 
-@pytest.mark.parametrize("device, message", [
-    ("gpu0", "unknown device 'gpu0'"),
-    ("cuda:7", "is not available here"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu0", "unknown device 'gpu0'"),
+        ("cuda:7", "is not available here"),
+    ],
+)
 def test_a_device_that_is_not_there_is_a_one_line_error(lora_run, colour_folder, capsys, device, message):
     if device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has that GPU")

@@ -1,4 +1,5 @@
 """imgtune export: ONNX with a dynamic batch axis, onnxruntime equal to torch, int8 with accuracy report."""
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,11 @@ def test_export_onnx_matches_torch_with_dynamic_batch(tmp_path, lora_run, colour
 
 
 def test_export_without_onnxruntime_says_how_to_install(tmp_path, lora_run):
-    code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from imgtune.cli.main import main\n"
-            f"sys.exit(main(['export', {str(lora_run)!r}, '--onnx', {str(tmp_path / 'm.onnx')!r}]))")
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from imgtune.cli.main import main\n"
+        f"sys.exit(main(['export', {str(lora_run)!r}, '--onnx', {str(tmp_path / 'm.onnx')!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert 'pip install -e ".[export]"' in proc.stderr and "Traceback" not in proc.stderr
@@ -80,7 +83,8 @@ def test_export_refuses_to_put_another_models_labels_beside_an_onnx_file(tmp_pat
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"imgtune: error: {folder} already holds labels.json of another model: "
-        "export each model into its own folder (or delete it first)")
+        "export each model into its own folder (or delete it first)"
+    )
     # the same labels but another preprocessing (image size) is another model too
     same_labels = plain_vit(tmp_path / "same-labels", load_run(lora_run).labels, 48)
     with pytest.raises(UserError, match=r"already holds preprocessor_config.json of another model: export each"):
@@ -100,8 +104,11 @@ def test_export_to_a_path_that_cannot_be_written_names_it(tmp_path, lora_run):
     not_a_folder.write_text("x")
     bad = [not_a_folder / "y.onnx"] + ([Path("/proc/imgtune-x/y.onnx")] if Path("/proc/self").is_dir() else [])
     for path in bad:
-        with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(path))} \(.*\): pass --onnx a path in a "
-                                            "folder you can write to$"):
+        with pytest.raises(
+            UserError,
+            match=rf"^cannot write {re.escape(str(path))} \(.*\): pass --onnx a path in a "
+            "folder you can write to$",
+        ):
             export(lora_run, path)
     with pytest.raises(UserError, match="is a folder: give the path of the file to write"):
         export(lora_run, tmp_path)

@@ -1,5 +1,6 @@
 """decode_rgb on every awkward file a real folder collects: unreadable ones raise BadImage
 (never hang), readable ones come back as correct RGB."""
+
 from __future__ import annotations
 
 import io

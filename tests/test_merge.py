@@ -1,4 +1,5 @@
 """imgtune merge: the saved directory is a plain transformers model with the adapter's logits."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
 pixels = torch.load(sys.argv[2])
 with torch.no_grad():
     logits = model(pixel_values=pixels).logits
-print(json.dumps({"logits": logits.tolist(), "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+print(json.dumps({"logits": logits.tolist(), "labels": labels,
                   "type": type(model).__name__}))
 """
 
@@ -46,8 +48,12 @@ def test_merged_directory_loads_without_peft_and_matches(tmp_path, tiny_vit, col
     torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
         unmerged = run.model(pixel_values=pixels).logits
-    proc = subprocess.run([sys.executable, "-c", NO_PEFT_LOGITS, str(tmp_path / "merged"), str(tmp_path / "pixels.pt")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_PEFT_LOGITS, str(tmp_path / "merged"), str(tmp_path / "pixels.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["type"] == "ViTForImageClassification"
@@ -55,8 +61,9 @@ def test_merged_directory_loads_without_peft_and_matches(tmp_path, tiny_vit, col
     torch.testing.assert_close(torch.tensor(got["logits"]), unmerged, rtol=0, atol=1e-4)
     # nothing of the adapter is left: the base model's tensors, shapes and all (the head has this run's
     # classes), which is why a merged model runs at the base model's speed
-    assert tensor_shapes(tmp_path / "merged") == {k: (len(run.labels), *v[1:]) if k.startswith("classifier.") else v
-                                                  for k, v in tensor_shapes(tiny_vit).items()}
+    assert tensor_shapes(tmp_path / "merged") == {
+        k: (len(run.labels), *v[1:]) if k.startswith("classifier.") else v for k, v in tensor_shapes(tiny_vit).items()
+    }
 
 
 def tensor_shapes(model_dir) -> dict[str, tuple[int, ...]]:

@@ -8,8 +8,17 @@ from imgtune.tuning.pretrained import head_modules, load_base_model, resolve_mod
 
 @pytest.fixture(scope="module")
 def vit():
-    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                               num_attention_heads=2, intermediate_size=64, num_labels=3))
+    return ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+        )
+    )
 
 
 def test_seed_and_new_projection_names_both_resolve(vit):

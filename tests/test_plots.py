@@ -1,9 +1,10 @@
 """Run plots written by ``train`` (the hook) and the plot functions on many classes."""
+
 import numpy as np
 from PIL import Image
 
 from conftest import read_metrics
-from imgtune import plots
+from imgtune.compare import plots
 
 
 def assert_real_png(path, min_size=(300, 200)):
@@ -33,10 +34,21 @@ def many_class_metrics(n=101, seed=0):
     rng = np.random.default_rng(seed)
     cm = rng.integers(0, 3, (n, n)) + np.diag(rng.integers(5, 20, n))
     per_class = (np.diag(cm) / cm.sum(1)).tolist()
-    history = [{"epoch": e, "train_loss": 1 / e, "eval_loss": 1.2 / e, "eval_accuracy": 0.5 + e / 20} for e in (1, 2, 3)]
-    return {"method": "lora", "dataset": "food101", "labels": [f"class_{i}" for i in range(n)], "confusion_matrix": cm.tolist(),
-            "per_class_accuracy": per_class, "history": history, "best_epoch": 3, "test": {"accuracy": 0.6},
-            "validation": {"accuracy": 0.65}, "trainable_params": 667493}
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "eval_loss": 1.2 / e, "eval_accuracy": 0.5 + e / 20} for e in (1, 2, 3)
+    ]
+    return {
+        "method": "lora",
+        "dataset": "food101",
+        "labels": [f"class_{i}" for i in range(n)],
+        "confusion_matrix": cm.tolist(),
+        "per_class_accuracy": per_class,
+        "history": history,
+        "best_epoch": 3,
+        "test": {"accuracy": 0.6},
+        "validation": {"accuracy": 0.65},
+        "trainable_params": 667493,
+    }
 
 
 def test_many_classes_stay_readable(tmp_path):

@@ -7,15 +7,17 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from conftest import COLOURS, run_cli, write_image
-from imgtune.inference.predict import Predictor, predict
 from imgtune.errors import UserError
+from imgtune.inference.predict import Predictor, predict
 
 
 @pytest.fixture(scope="module")
 def square_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("square")
-    return [write_image(folder / f"{name}.png", colour, size=(48, 48), seed=7 + i)
-            for i, (name, colour) in enumerate(COLOURS.items())]
+    return [
+        write_image(folder / f"{name}.png", colour, size=(48, 48), seed=7 + i)
+        for i, (name, colour) in enumerate(COLOURS.items())
+    ]
 
 
 def seeds_snippet(out, image_path):
@@ -24,7 +26,10 @@ def seeds_snippet(out, image_path):
     label2id = {v: k for k, v in id2label.items()}
     config = PeftConfig.from_pretrained(out)
     model = AutoModelForImageClassification.from_pretrained(
-        config.base_model_name_or_path, label2id=label2id, id2label=id2label, ignore_mismatched_sizes=True,
+        config.base_model_name_or_path,
+        label2id=label2id,
+        id2label=id2label,
+        ignore_mismatched_sizes=True,
     )
     model = PeftModel.from_pretrained(model, out)
     image_processor = AutoImageProcessor.from_pretrained(out)

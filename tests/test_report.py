@@ -1,4 +1,5 @@
 """The comparison report: Markdown + one self-contained HTML file, from real runs' metrics.json."""
+
 import base64
 import io
 import shutil
@@ -42,8 +43,9 @@ def assert_self_contained(page: str, expected_images: int) -> None:
 def test_report_from_real_runs(tmp_path, lora_run):
     metrics = read_metrics(lora_run)
     runs = [MethodRun("lora", metrics), MethodRun("boft", error="boft cannot be applied with these settings: x")]
-    md, page = write_report(tmp_path, runs, {"model": "tiny", "dataset": "colours", "methods": ["lora", "boft"]},
-                            "a <title> & more")
+    md, page = write_report(
+        tmp_path, runs, {"model": "tiny", "dataset": "colours", "methods": ["lora", "boft"]}, "a <title> & more"
+    )
     text = md.read_text()
     row = next(l for l in text.splitlines() if l.startswith("| **lora** |"))
     assert f"{metrics['trainable_params']:,}" in row and f"{metrics['trainable_percent']:.3f}%" in row
@@ -59,7 +61,9 @@ def test_report_from_real_runs(tmp_path, lora_run):
 
 
 def test_report_with_nothing_finished(tmp_path):
-    md, page = write_report(tmp_path, [MethodRun("lora", error="not finished: the comparison was interrupted")], {}, "t")
+    md, page = write_report(
+        tmp_path, [MethodRun("lora", error="not finished: the comparison was interrupted")], {}, "t"
+    )
     assert "| lora | not finished: the comparison was interrupted |" in md.read_text()
     assert_self_contained(page.read_text(), expected_images=0)
 
@@ -69,7 +73,9 @@ def test_report_renders_in_a_real_browser(tmp_path, lora_run):
     """scripts/screenshot_report.sh: headless Chromium, offline, renders the page to a PNG."""
     _, page = write_report(tmp_path, [MethodRun("lora", read_metrics(lora_run))], {"model": "tiny"}, "browser check")
     shot = tmp_path / "shot.png"
-    proc = subprocess.run(["bash", str(SCRIPT), str(page), str(shot), "1000"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(page), str(shot), "1000"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     image = Image.open(shot)
     assert image.width == 1000 and image.height > 1000  # table and figures laid out, blank tail trimmed

@@ -1,5 +1,6 @@
 """Resume in-process: from any checkpoint (even copied elsewhere), AdaLoRA included, bit for bit;
 and the guards around it (changed settings, earlier runs in the same OUT, bad flags)."""
+
 import json
 import shutil
 
@@ -7,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import read_metrics, tiny_train_config
-from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint, run_of, verify
 from imgtune.errors import UserError
+from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint, run_of, verify
 from imgtune.tuning.recipe import TIMING_FIELDS, train
 
 
@@ -24,8 +25,9 @@ def assert_same_run(a, b):
 
 def test_resume_from_a_checkpoint_copied_elsewhere(tmp_path, tiny_vit, colour_folder):
     # 22 training images in batches of 4: 6 steps an epoch; the best epoch is usually not the last
-    cfg = tiny_train_config(tiny_vit, colour_folder, tmp_path / "straight", epochs=3, batch_size=4, save_steps=4,
-                            save_total_limit=None)
+    cfg = tiny_train_config(
+        tiny_vit, colour_folder, tmp_path / "straight", epochs=3, batch_size=4, save_steps=4, save_total_limit=None
+    )
     train(cfg)
     copied = tmp_path / "elsewhere" / "checkpoint-16"
     shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint-16", copied)  # epoch 3, 4 batches in
@@ -42,26 +44,40 @@ def test_resume_from_a_checkpoint_copied_elsewhere(tmp_path, tiny_vit, colour_fo
 @pytest.mark.filterwarnings(r"error:.*LoRA tensor\(s\) have invalid shape")
 def test_adalora_resumes_exactly_during_and_after_rank_allocation(tmp_path, tiny_vit, colour_folder):
     # 18 steps: importance is tracked and ranks cut from step 3 to 13, frozen at 14 (tfinal 4)
-    cfg = tiny_train_config(tiny_vit, colour_folder, tmp_path / "straight", method="adalora", rank=2, epochs=3,
-                            batch_size=4, method_options={"init_r": 6, "deltaT": 1, "tinit": 2, "tfinal": 4},
-                            save_steps=2, save_total_limit=None)
+    cfg = tiny_train_config(
+        tiny_vit,
+        colour_folder,
+        tmp_path / "straight",
+        method="adalora",
+        rank=2,
+        epochs=3,
+        batch_size=4,
+        method_options={"init_r": 6, "deltaT": 1, "tinit": 2, "tfinal": 4},
+        save_steps=2,
+        save_total_limit=None,
+    )
     train(cfg)
     checkpoints = tmp_path / "straight" / "checkpoints"
-    assert (checkpoints / "checkpoint-8" / "adalora_importance.safetensors").is_file()  # mid-allocation
-    assert not (checkpoints / "checkpoint-16" / "adalora_importance.safetensors").exists()  # reset when frozen
+    assert (checkpoints / "checkpoint-8" / "method_state.safetensors").is_file()  # mid-allocation
+    assert not (checkpoints / "checkpoint-16" / "method_state.safetensors").exists()  # reset when frozen
     for step in (8, 16):
         resumed = tmp_path / f"from-{step}"
         train(cfg.replace(output_dir=str(resumed), resume=str(checkpoints / f"checkpoint-{step}")))
         assert_same_run(tmp_path / "straight", resumed)
-        patterns = [json.loads((d / "adapter_config.json").read_text())["rank_pattern"]
-                    for d in (tmp_path / "straight", resumed)]
+        patterns = [
+            json.loads((d / "adapter_config.json").read_text())["rank_pattern"]
+            for d in (tmp_path / "straight", resumed)
+        ]
         assert patterns[0] and patterns[0] == patterns[1]
 
 
 def test_the_loader_worker_count_does_not_change_the_result(tmp_path, tiny_vit, colour_folder):
     for workers in (0, 2):
-        train(tiny_train_config(tiny_vit, colour_folder, tmp_path / f"w{workers}", epochs=2, batch_size=4,
-                                num_workers=workers))
+        train(
+            tiny_train_config(
+                tiny_vit, colour_folder, tmp_path / f"w{workers}", epochs=2, batch_size=4, num_workers=workers
+            )
+        )
     assert_same_run(tmp_path / "w0", tmp_path / "w2")
 
 

@@ -1,12 +1,13 @@
 """Experiment tracking through accelerate: TensorBoard event files in OUT/logs, checked tracker names."""
+
 import importlib.util
 
 import pytest
 
 from conftest import read_metrics, run_cli, tiny_train_config
 from imgtune.errors import UserError
-from imgtune.tuning.tracking import resolve_trackers
 from imgtune.tuning.recipe import train
+from imgtune.tuning.tracking import resolve_trackers
 
 
 def test_tensorboard_events_hold_the_run_history(tmp_path, tiny_vit, colour_folder):
@@ -38,8 +39,23 @@ def test_tracker_names_are_checked():
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_missing_tracker_package_is_a_one_line_error(tmp_path, tiny_vit, colour_folder):
-    proc = run_cli("train", "--model", tiny_vit, "--dataset", colour_folder, "--output-dir", tmp_path / "w",
-                   "--report-to", "wandb", "--epochs", "1")
+    proc = run_cli(
+        "train",
+        "--model",
+        tiny_vit,
+        "--dataset",
+        colour_folder,
+        "--output-dir",
+        tmp_path / "w",
+        "--report-to",
+        "wandb",
+        "--epochs",
+        "1",
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("imgtune: error: --report-to wandb: the wandb package is not installed")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("imgtune: error: --report-to wandb: the wandb package is not installed")
+    )
     assert "Traceback" not in proc.stderr

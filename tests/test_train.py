@@ -9,8 +9,14 @@ from imgtune.tuning.recipe import epoch_table, train
 
 
 def test_lora_run_writes_a_peft_directory_and_metrics(lora_run):
-    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "preprocessor_config.json",
-                 "metrics.json", "imgtune.yaml"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "metrics.json",
+        "imgtune.yaml",
+    ):
         assert (lora_run / name).is_file(), name
     metrics = read_metrics(lora_run)
     assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
@@ -31,8 +37,16 @@ def test_colour_classes_are_learned(lora_run):
 
 
 def test_adalora_reallocates_ranks(tmp_path, tiny_vit, colour_folder):
-    cfg = tiny_train_config(tiny_vit, colour_folder, tmp_path / "ada", method="adalora", epochs=6, batch_size=4,
-                            method_options={"init_r": 6, "deltaT": 1}, rank=2)
+    cfg = tiny_train_config(
+        tiny_vit,
+        colour_folder,
+        tmp_path / "ada",
+        method="adalora",
+        epochs=6,
+        batch_size=4,
+        method_options={"init_r": 6, "deltaT": 1},
+        rank=2,
+    )
     result = train(cfg)
     peft_config = result.model.peft_config["default"]
     assert peft_config.total_step > peft_config.tinit + peft_config.tfinal

@@ -1,4 +1,5 @@
 """transforms.py: imgtune's direct-call crops must equal torchvision v2's Compose, draw for draw."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,9 @@ def test_train_crop_equals_v2_compose(shape):
     for image in layouts(shape):
         for seed in range(5):
             torch.manual_seed(seed)
-            want = v2.Compose([v2.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()])(image)
+            want = v2.Compose([v2.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()])(
+                image
+            )
             torch.manual_seed(seed)
             got = TrainCrop(32, scale=(0.2, 1.0))(image)
             assert got.dtype == torch.uint8 and got.shape == (3, 32, 32)

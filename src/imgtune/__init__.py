@@ -11,6 +11,7 @@ Importing the package loads no ML library and changes nothing in the process (en
 threads, loggers, warning filters): ``train``, ``evaluate``, ``predict`` and ``Predictor`` load
 torch, transformers and peft on first use.
 """
+
 import importlib
 
 from imgtune.config import TrainConfig, load_config
@@ -20,8 +21,12 @@ __version__ = "0.1.0"
 __all__ = ["TrainConfig", "UserError", "load_config", "train", "evaluate", "predict", "Predictor"]
 
 # API name -> the module that defines it (PEP 562: looked up on first use)
-_LAZY = {"train": "imgtune.tuning.recipe", "evaluate": "imgtune.inference.evaluate",
-         "predict": "imgtune.inference.predict", "Predictor": "imgtune.inference.predict"}
+_LAZY = {
+    "train": "imgtune.tuning.recipe",
+    "evaluate": "imgtune.inference.evaluate",
+    "predict": "imgtune.inference.predict",
+    "Predictor": "imgtune.inference.predict",
+}
 
 
 def __getattr__(name: str):

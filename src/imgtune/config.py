@@ -3,6 +3,7 @@
 Every stage (data, model, train, evaluate, compare) takes this object; nothing re-parses
 arguments or reads globals.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,7 +114,7 @@ class TrainConfig:
         settings["cache"] = bool(settings["cache"])
         return settings
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
@@ -124,40 +125,79 @@ class TrainConfig:
 # settings left at None are not checked
 INF = math.inf
 RANGES: dict[str, tuple[float, float, str]] = {
-    **{name: (1, INF, "[)") for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_samples",
-                                         "max_eval_samples", "logging_steps", "save_steps", "save_total_limit",
-                                         "image_size", "rank")},
-    "num_workers": (0, INF, "[)"), "weight_decay": (0, INF, "[)"), "alpha": (0, INF, "()"), "lr": (0, INF, "()"),
+    **{
+        name: (1, INF, "[)")
+        for name in (
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "eval_batch_size",
+            "max_train_samples",
+            "max_eval_samples",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "image_size",
+            "rank",
+        )
+    },
+    "num_workers": (0, INF, "[)"),
+    "weight_decay": (0, INF, "[)"),
+    "alpha": (0, INF, "()"),
+    "lr": (0, INF, "()"),
     # a negative max norm would flip the gradients' sign inside clip_grad_norm_
-    "max_grad_norm": (0, INF, "()"), "dropout": (0, 1, "[)"), "warmup_ratio": (0, 1, "[)"),
-    "val_fraction": (0, 1, "()"), "test_fraction": (0, 1, "()"), "test_from_validation": (0, 1, "()"),
+    "max_grad_norm": (0, INF, "()"),
+    "dropout": (0, 1, "[)"),
+    "warmup_ratio": (0, 1, "[)"),
+    "val_fraction": (0, 1, "()"),
+    "test_fraction": (0, 1, "()"),
+    "test_from_validation": (0, 1, "()"),
 }
 # what people bring from Trainer scripts and peft configs
-ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
-           "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size": "eval_batch_size",
-           "gradient_accumulation_steps": "grad_accum", "r": "rank", "lora_r": "rank", "lora_alpha": "alpha",
-           "lora_dropout": "dropout", "model_name_or_path": "model", "fp16": "precision", "bf16": "precision"}
+ALIASES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "r": "rank",
+    "lora_r": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "model_name_or_path": "model",
+    "fp16": "precision",
+    "bf16": "precision",
+}
 SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
-              "list[str]": "a list", "list[float]": "a list of numbers", "dict[str, Any]": "a mapping"}
+TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "list[str]": "a list",
+    "list[float]": "a list of numbers",
+    "dict[str, Any]": "a mapping",
+}
 
 
-def check_types(cfg: "TrainConfig") -> None:
+def check_types(cfg: TrainConfig) -> None:
     """Name the setting whose value has the wrong type (YAML's ``epochs: two``), before anything compares it."""
     for f in fields(cfg):
         value, annotation = getattr(cfg, f.name), str(f.type)
         if value is None and "None" in annotation:
             continue
         base = annotation.replace(" | None", "")
-        kinds = SIMPLE_TYPES.get(base, (list,) if base.startswith("list") else (dict,) if base.startswith("dict") else None)
+        kinds = SIMPLE_TYPES.get(
+            base, (list,) if base.startswith("list") else (dict,) if base.startswith("dict") else None
+        )
         if kinds is None:
             continue
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise UserError(f"setting {f.name} must be {TYPE_WORDS.get(base, base)}, "
-                            f"got {value!r}")
+            raise UserError(f"setting {f.name} must be {TYPE_WORDS.get(base, base)}, got {value!r}")
 
 
-def check_ranges(cfg: "TrainConfig") -> None:
+def check_ranges(cfg: TrainConfig) -> None:
     for name, (low, high, brackets) in RANGES.items():
         value = getattr(cfg, name)
         if value is None:
@@ -184,9 +224,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     preset = PRESETS_DIR / f"{path.stem}.yaml"
     if preset.is_file() and path.suffix in ("", ".yaml", ".yml") and path.parent == Path("."):
         return preset
-    raise UserError(
-        f"config {name_or_path!r} is neither a file nor a preset: presets are {', '.join(list_presets())}"
-    )
+    raise UserError(f"config {name_or_path!r} is neither a file nor a preset: presets are {', '.join(list_presets())}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -208,11 +246,16 @@ def load_config(config: str | Path | None = None, **overrides: Any) -> TrainConf
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        hints = [f"{name} (did you mean {close[0]}?)"
-                 if (close := [ALIASES[name]] if name in ALIASES else difflib.get_close_matches(name, known, n=1))
-                 else name for name in unknown]
-        raise UserError(f"unknown setting(s) {', '.join(hints)} in config: the settings are the fields of "
-                        "`imgtune train --help` with underscores (batch_size for --batch-size)")
+        hints = [
+            f"{name} (did you mean {close[0]}?)"
+            if (close := [ALIASES[name]] if name in ALIASES else difflib.get_close_matches(name, known, n=1))
+            else name
+            for name in unknown
+        ]
+        raise UserError(
+            f"unknown setting(s) {', '.join(hints)} in config: the settings are the fields of "
+            "`imgtune train --help` with underscores (batch_size for --batch-size)"
+        )
     try:
         return TrainConfig(**values)
     except TypeError as err:

@@ -6,6 +6,7 @@
    the same ``train`` a user's run takes.
 3. A few held-out images are classified through the saved adapter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,15 @@ from imgtune.tuning.recipe import train
 log = logging.getLogger(__name__)
 
 DIGITS_BACKBONE = ViTConfig(
-    image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-    intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    image_size=16,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=128,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
 )
 
 
@@ -37,13 +45,41 @@ def write_untrained_backbone(path: Path, seed: int = 0) -> Path:
 
 
 def demo_configs(out: Path, epochs: int | None = None) -> tuple[TrainConfig, TrainConfig]:
-    common = dict(dataset="digits", test_fraction=0.2, val_fraction=0.15, hflip=False, crop_scale=[0.85, 1.0],
-                  precision="fp32", batch_size=32, seed=0, report_to="none", logging_steps=5)
-    backbone = TrainConfig(model=str(out / "untrained"), method="full", classes=[str(d) for d in range(5)],
-                           lr=1e-3, warmup_ratio=0.1, epochs=epochs or 30, output_dir=str(out / "backbone-digits-0-4"), **common)
-    adapter = TrainConfig(model=backbone.output_dir, method="lora", classes=[str(d) for d in range(5, 10)],
-                          rank=8, alpha=16, dropout=0.0, target_modules=["query", "value", "fc1", "fc2"],
-                          lr=5e-3, epochs=epochs or 30, output_dir=str(out / "lora-digits-5-9"), **common)
+    common = dict(
+        dataset="digits",
+        test_fraction=0.2,
+        val_fraction=0.15,
+        hflip=False,
+        crop_scale=[0.85, 1.0],
+        precision="fp32",
+        batch_size=32,
+        seed=0,
+        report_to="none",
+        logging_steps=5,
+    )
+    backbone = TrainConfig(
+        model=str(out / "untrained"),
+        method="full",
+        classes=[str(d) for d in range(5)],
+        lr=1e-3,
+        warmup_ratio=0.1,
+        epochs=epochs or 30,
+        output_dir=str(out / "backbone-digits-0-4"),
+        **common,
+    )
+    adapter = TrainConfig(
+        model=backbone.output_dir,
+        method="lora",
+        classes=[str(d) for d in range(5, 10)],
+        rank=8,
+        alpha=16,
+        dropout=0.0,
+        target_modules=["query", "value", "fc1", "fc2"],
+        lr=5e-3,
+        epochs=epochs or 30,
+        output_dir=str(out / "lora-digits-5-9"),
+        **common,
+    )
     return backbone, adapter
 
 
@@ -72,9 +108,11 @@ def run_demo(output_dir: str = "imgtune-demo", epochs: int | None = None) -> dic
         truth = Path(res["image"]).stem.split("_")[-1]
         best = res["predictions"][0]
         log.info(f"  {Path(res['image']).name}: predicted {best['label']} ({best['score']:.2f}), true {truth}")
-    log.info(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Try:\n"
-          f"  imgtune predict {run.output_dir} {out / 'samples'}\n"
-          f"  imgtune evaluate {run.output_dir} --dataset {test_folder}    # the held-out test images")
+    log.info(
+        f"\ndemo finished in {time.perf_counter() - started:.0f} s. Try:\n"
+        f"  imgtune predict {run.output_dir} {out / 'samples'}\n"
+        f"  imgtune evaluate {run.output_dir} --dataset {test_folder}    # the held-out test images"
+    )
     return {"test_accuracy": test_acc, "adapter_bytes": run.metrics["adapter_bytes"], "output_dir": str(run.output_dir)}
 
 

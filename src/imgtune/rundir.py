@@ -5,6 +5,7 @@ adapter_model.safetensors with the classifier head) plus the image processor's c
 a config.json holding the label maps, so the seeds' inference snippet works on it as is.
 A ``full``/``linear`` run is a plain transformers model directory.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,7 +73,11 @@ def check_head_size(out: Path, num_labels: int) -> None:
     with safe_open(str(out / ADAPTER_WEIGHTS), framework="pt") as f:
         for key in f.keys():
             parts = key.split(".")
-            if key.endswith(".weight") and any(h in parts for h in HEAD_NAMES) and len(f.get_slice(key).get_shape()) == 2:
+            if (
+                key.endswith(".weight")
+                and any(h in parts for h in HEAD_NAMES)
+                and len(f.get_slice(key).get_shape()) == 2
+            ):
                 rows = f.get_slice(key).get_shape()[0]
                 if rows != num_labels:
                     raise UserError(

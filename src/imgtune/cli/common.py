@@ -1,9 +1,10 @@
 """Flag types and flag sets shared by several commands."""
+
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from imgtune.config import PRECISIONS, TrainConfig, load_config
 
@@ -36,7 +37,7 @@ def json_dict(text: str) -> dict:
 TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--model": (str, "hub id or local directory of a pretrained image classifier"),
     "--dataset": (str, "hub id (food101, food101:train[:5000]), image folder, CSV of path,label, or 'digits'"),
-    "--method": (str, "lora, dora, loha, lokr, adalora, vera, oft, boft, ia3, loraplus, pissa, full or linear"),
+    "--method": (str, "fine-tuning method: lora (default), loha, lokr, adalora, ... (`imgtune methods` lists all)"),
     "--rank": (int, "adapter rank (method default when omitted)"),
     "--alpha": (float, "adapter scaling alpha"),
     "--target-modules": (csv_list, "comma-separated module names (query,value or q_proj,v_proj) or all-linear"),
@@ -82,12 +83,28 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file or preset name (see `imgtune presets`)")
     for flag, (kind, text) in TRAIN_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text, default=argparse.SUPPRESS)
-    parser.add_argument("--strict", dest="bad_files", action="store_const", const="strict", default=argparse.SUPPRESS,
-                        help="fail before training if any image is unreadable")
-    parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=argparse.SUPPRESS,
-                        help="no horizontal flips (text, digits, anything with a handedness)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                        help="no progress bars (logs and CI)")
+    parser.add_argument(
+        "--strict",
+        dest="bad_files",
+        action="store_const",
+        const="strict",
+        default=argparse.SUPPRESS,
+        help="fail before training if any image is unreadable",
+    )
+    parser.add_argument(
+        "--no-hflip",
+        dest="hflip",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="no horizontal flips (text, digits, anything with a handedness)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="no progress bars (logs and CI)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> TrainConfig:
@@ -97,5 +114,9 @@ def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()) ->
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the GPU if there is one)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32",
+    )

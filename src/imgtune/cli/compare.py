@@ -1,4 +1,5 @@
 """``imgtune compare``: train several methods on the same data and write one report."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,14 +11,24 @@ from imgtune.errors import UserError
 
 
 def add_command(sub) -> None:
-    p = sub.add_parser("compare", help="train several methods on the same data and write a comparison report",
-                       description="Train each method on the same data, split and seed into OUTPUT_DIR/<method>/, "
-                                   "then write OUTPUT_DIR/report.md and a self-contained OUTPUT_DIR/report.html. "
-                                   "Re-running skips methods already finished with the same settings.")
-    p.add_argument("--methods", type=csv_list, default=None,
-                   help="comma-separated methods to compare (default: all; see `imgtune methods`)")
-    p.add_argument("--demo", action="store_true",
-                   help="offline: the demo's backbone and digits 5-9 (default --output-dir imgtune-compare-demo)")
+    p = sub.add_parser(
+        "compare",
+        help="train several methods on the same data and write a comparison report",
+        description="Train each method on the same data, split and seed into OUTPUT_DIR/<method>/, "
+        "then write OUTPUT_DIR/report.md and a self-contained OUTPUT_DIR/report.html. "
+        "Re-running skips methods already finished with the same settings.",
+    )
+    p.add_argument(
+        "--methods",
+        type=csv_list,
+        default=None,
+        help="comma-separated methods to compare (default: all; see `imgtune methods`)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="offline: the demo's backbone and digits 5-9 (default --output-dir imgtune-compare-demo)",
+    )
     p.add_argument("--rerun", action="store_true", help="train every method again, even those already finished")
     add_train_flags(p)
     p.set_defaults(func=run)
@@ -41,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             raise UserError("--demo brings its own model and data: drop --config, or drop --demo and pass --config")
         out = Path(getattr(args, "output_dir", DEMO_OUTPUT))
-        overrides = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "output_dir", *extra)}
+        overrides = {
+            k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "output_dir", *extra)
+        }
         shared = demo_plan(out, overrides)
         title = "imgtune compare: demo (digits 5-9 on a ViT trained on digits 0-4)"
     else:
@@ -52,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     runs = compare(Plan(shared, methods, out, title, args.rerun))
     failed = [r for r in runs if r.metrics is None]
     if failed:
-        raise UserError(f"{len(failed)} of {len(runs)} methods did not finish: "
-                        + "; ".join(f"{r.name} ({r.error})" for r in failed))
+        raise UserError(
+            f"{len(failed)} of {len(runs)} methods did not finish: "
+            + "; ".join(f"{r.name} ({r.error})" for r in failed)
+        )
     return 0

@@ -1,4 +1,5 @@
 """``imgtune demo``: the whole life of an adapter, offline, on scikit-learn's digits."""
+
 from __future__ import annotations
 
 import argparse

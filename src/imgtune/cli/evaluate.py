@@ -1,4 +1,5 @@
 """``imgtune evaluate``: score a trained run on a dataset split."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,27 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtune.inference.evaluate import evaluate
 
-    metrics = evaluate(args.output_dir, args.dataset, args.split, args.batch_size, args.num_workers,
-                       "strict" if args.strict else "skip", args.image_column, args.label_column, not args.json,
-                       device=args.device, precision=args.precision, cache=args.cache)
+    metrics = evaluate(
+        args.output_dir,
+        args.dataset,
+        args.split,
+        args.batch_size,
+        args.num_workers,
+        "strict" if args.strict else "skip",
+        args.image_column,
+        args.label_column,
+        not args.json,
+        device=args.device,
+        precision=args.precision,
+        cache=args.cache,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
-          f"on {metrics['count']:,} images")
+    print(
+        f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
+        f"on {metrics['count']:,} images"
+    )
     if metrics["bad_files"]:
         print(f"skipped {metrics['bad_files']} unreadable image(s)", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
 """``imgtune export``: ONNX (adapter merged), optionally int8-quantized."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"ONNX model saved to {s['onnx']} (onnxruntime matches torch within {s['max_abs_diff']:.1e})")
     if "int8" in s:
-        print(f"int8 model saved to {s['int8']} ({s['int8_bytes'] / 1e6:.2f} MB vs {s['fp32_bytes'] / 1e6:.2f} MB fp32)")
+        print(
+            f"int8 model saved to {s['int8']} ({s['int8_bytes'] / 1e6:.2f} MB vs {s['fp32_bytes'] / 1e6:.2f} MB fp32)"
+        )
     if "int8_accuracy" in s:
-        print(f"accuracy on {s['accuracy_count']} images: fp32 {s['fp32_accuracy']:.4f}, int8 {s['int8_accuracy']:.4f} "
-              f"(change {s['accuracy_change']:+.4f})")
+        print(
+            f"accuracy on {s['accuracy_count']} images: fp32 {s['fp32_accuracy']:.4f}, int8 {s['int8_accuracy']:.4f} "
+            f"(change {s['accuracy_change']:+.4f})"
+        )
     return 0

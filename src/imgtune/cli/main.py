@@ -4,6 +4,7 @@ User mistakes (UserError) become one line on stderr and exit status 2. Everythin
 the whole process is decided here, and only here: OpenMP's wait policy, the warning format,
 where imgtune's log messages go.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="imgtune", description="Fine-tune image classifiers with parameter-efficient adapters, then "
-        "evaluate, merge, export and serve them.")
+        prog="imgtune",
+        description="Fine-tune image classifiers with parameter-efficient adapters, then "
+        "evaluate, merge, export and serve them.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_command(sub)
@@ -35,7 +38,9 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
     """Our own warnings (an AdaLoRA schedule scaled to a short run, ...) are messages to the user:
     one line, without the source line a library warning shows."""
     ours = Path(filename).resolve().is_relative_to(PACKAGE_DIR)
-    text = f"imgtune: warning: {message}\n" if ours else warnings.formatwarning(message, category, filename, lineno, line)
+    text = (
+        f"imgtune: warning: {message}\n" if ours else warnings.formatwarning(message, category, filename, lineno, line)
+    )
     (file or sys.stderr).write(text)
 
 

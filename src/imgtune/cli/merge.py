@@ -1,4 +1,5 @@
 """``imgtune merge``: fold an adapter into its base and save a plain transformers model."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``imgtune methods``: the registry's methods and their ViT defaults."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``imgtune predict``: classify images or folders of images with a trained run."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,15 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtune.inference.predict import predict
 
-    results, skipped = predict(args.output_dir, args.images, args.top_k, args.batch_size,
-                               "strict" if args.strict else "skip", precision=args.precision, device=args.device)
+    results, skipped = predict(
+        args.output_dir,
+        args.images,
+        args.top_k,
+        args.batch_size,
+        "strict" if args.strict else "skip",
+        precision=args.precision,
+        device=args.device,
+    )
     if args.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))
     else:

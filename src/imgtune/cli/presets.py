@@ -1,4 +1,5 @@
 """``imgtune presets``: the bundled configs."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``imgtune serve``: one base model, many adapters, over HTTP."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def parse_adapters(values: list[str]) -> list[tuple[str, str]]:
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("serve", help="HTTP server: one base model, many adapters, micro-batched")
     p.add_argument("--base", required=True, help="base model (hub id or directory) the adapters were trained on")
-    p.add_argument("--adapter", action="append", required=True, metavar="NAME=OUTPUT_DIR",
-                   help="an adapter run to serve under NAME; repeat for more")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        required=True,
+        metavar="NAME=OUTPUT_DIR",
+        help="an adapter run to serve under NAME; repeat for more",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=port_number, default=8000, help="port to listen on")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
@@ -56,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
         import uvicorn
     except ImportError as err:
-        raise UserError(f"serving needs fastapi, uvicorn and python-multipart ({err.name} is missing): "
-                        'pip install -e ".[serve]"') from None
+        raise UserError(
+            f'serving needs fastapi, uvicorn and python-multipart ({err.name} is missing): pip install -e ".[serve]"'
+        ) from None
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
     from imgtune.serve.app import create_app
@@ -68,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     check_listen(args.host, args.port)  # before the model: loading takes a while, a taken port is instant
     model = MultiAdapterModel(args.base, adapters, args.device, args.precision)
     app = create_app(model, args.max_batch, args.max_wait_ms, args.allow_admin, args.max_bytes, args.max_pixels)
-    print(f"serving {', '.join(model.adapters)} on http://{args.host}:{args.port} (API docs at /docs)",
-          file=sys.stderr, flush=True)
+    print(
+        f"serving {', '.join(model.adapters)} on http://{args.host}:{args.port} (API docs at /docs)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

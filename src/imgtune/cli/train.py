@@ -1,4 +1,5 @@
 """``imgtune train``: fine-tune a model with a method, from a preset or YAML file plus flags."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,11 @@ from imgtune.cli.common import add_train_flags, config_from_args
 
 
 def add_command(subparsers) -> None:
-    p = subparsers.add_parser("train", help="fine-tune a model with an adapter",
-                              description="Fine-tune a pretrained image classifier; flags override --config.")
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with an adapter",
+        description="Fine-tune a pretrained image classifier; flags override --config.",
+    )
     add_train_flags(p)
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ Everything draws on ``matplotlib.figure.Figure`` with the Agg canvas, never pypl
 backend is touched, no global figure state leaks between runs, and it works headless.
 Each function takes the ``metrics.json`` dict(s) that ``train`` writes.
 """
+
 from __future__ import annotations
 
 import io
@@ -102,7 +103,10 @@ def confusion_matrix(metrics: dict, name: str | None = None) -> Figure:
     fig = new_figure(side + 0.8, side)
     ax = fig.subplots()
     ConfusionMatrixDisplay(np.asarray(metrics["confusion_matrix"]), display_labels=None if many else labels).plot(
-        ax=ax, include_values=not many, colorbar=True, cmap="Blues",
+        ax=ax,
+        include_values=not many,
+        colorbar=True,
+        cmap="Blues",
         xticks_rotation="vertical" if len(labels) > 8 else "horizontal",
     )
     ax.set_title(f"{name or metrics.get('method', '')}: confusion matrix ({_split_name(metrics)})")
@@ -112,8 +116,10 @@ def confusion_matrix(metrics: dict, name: str | None = None) -> Figure:
 def write_run_plots(out: str | Path, metrics: dict) -> list[Path]:
     """The training-curve and confusion-matrix PNGs of one run, next to its metrics.json."""
     out = Path(out)
-    return [save_png(training_curves(metrics), out / CURVES_PNG),
-            save_png(confusion_matrix(metrics), out / CONFUSION_PNG)]
+    return [
+        save_png(training_curves(metrics), out / CURVES_PNG),
+        save_png(confusion_matrix(metrics), out / CONFUSION_PNG),
+    ]
 
 
 # --- several runs (compare) ------------------------------------------------------------------
@@ -133,8 +139,15 @@ def comparison_curves(runs: dict[str, dict], kind: str) -> Figure:
         panels = [(axes[0], "eval_accuracy", "validation accuracy")]
     for ax, key, label in panels:
         for name, metrics in runs.items():
-            ax.plot(_epochs(metrics), _series(metrics, key), "-", marker="." if len(metrics["history"]) <= 30 else None,
-                    color=colours[name], label=name, linewidth=1.4)
+            ax.plot(
+                _epochs(metrics),
+                _series(metrics, key),
+                "-",
+                marker="." if len(metrics["history"]) <= 30 else None,
+                color=colours[name],
+                label=name,
+                linewidth=1.4,
+            )
         ax.set_title(f"{label} per epoch")
         _integer_epochs(ax)
     panels[0][0].set_ylabel(kind)

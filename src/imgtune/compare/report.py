@@ -4,6 +4,7 @@ Both are built from the ``metrics.json`` of each run. The Markdown links the PNG
 ``plots/``; the HTML carries the same PNGs inline as base64 and its CSS in a <style>
 block, so it is a single file that opens offline (no external CSS, fonts or scripts).
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plots
+from imgtune.compare import plots
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -63,20 +64,39 @@ def fmt_acc(metrics: dict | None) -> str:
 
 
 def table_rows(runs: list[MethodRun]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "trainable params", "trainable %", "weights on disk", "best val. accuracy",
-              "test accuracy", "train images/s", "peak memory", "wall time"]
+    header = [
+        "method",
+        "trainable params",
+        "trainable %",
+        "weights on disk",
+        "best val. accuracy",
+        "test accuracy",
+        "train images/s",
+        "peak memory",
+        "wall time",
+    ]
     rows = []
     for run in runs:
         m = run.metrics
         if m is None:
             why = run.error or "no metrics"
-            rows.append([run.name, why if why.startswith("not finished") else f"failed: {why}"] + [""] * (len(header) - 2))
+            rows.append(
+                [run.name, why if why.startswith("not finished") else f"failed: {why}"] + [""] * (len(header) - 2)
+            )
             continue
-        rows.append([
-            run.name, f"{m['trainable_params']:,}", f"{m['trainable_percent']:.3f}%", fmt_bytes(m.get("adapter_bytes")),
-            fmt_acc(m["validation"]), fmt_acc(m.get("test")), f"{m['train_images_per_s']:.1f}",
-            fmt_bytes(m["peak_memory_mb"] * 2**20), fmt_seconds(m.get("wall_time_s")),
-        ])
+        rows.append(
+            [
+                run.name,
+                f"{m['trainable_params']:,}",
+                f"{m['trainable_percent']:.3f}%",
+                fmt_bytes(m.get("adapter_bytes")),
+                fmt_acc(m["validation"]),
+                fmt_acc(m.get("test")),
+                f"{m['train_images_per_s']:.1f}",
+                fmt_bytes(m["peak_memory_mb"] * 2**20),
+                fmt_seconds(m.get("wall_time_s")),
+            ]
+        )
     return header, rows
 
 
@@ -120,10 +140,14 @@ SECTIONS = [  # (heading, figure, alt text) shown when at least one run finished
 
 
 def settings_lines(settings: dict) -> list[tuple[str, str]]:
-    return [(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in settings.items() if v is not None]
+    return [
+        (k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in settings.items() if v is not None
+    ]
 
 
-def render_markdown(title: str, settings: dict, runs: list[MethodRun], confusion: dict[str, str], notes: list[str]) -> str:
+def render_markdown(
+    title: str, settings: dict, runs: list[MethodRun], confusion: dict[str, str], notes: list[str]
+) -> str:
     header, rows = table_rows(runs)
     best = best_methods(runs)
     lines = [f"# {title}", ""]
@@ -131,7 +155,9 @@ def render_markdown(title: str, settings: dict, runs: list[MethodRun], confusion
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [c.replace("|", "\\|") for c in row]  # a '|' in an error message would split the cell
-        cells = [f"**{c}**" if row[0] in best and i in (0, 5) and c not in ("", "-") else c for i, c in enumerate(cells)]
+        cells = [
+            f"**{c}**" if row[0] in best and i in (0, 5) and c not in ("", "-") else c for i, c in enumerate(cells)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for note in notes:
@@ -167,23 +193,30 @@ def _img(figs: Figures, name: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(title: str, settings: dict, runs: list[MethodRun], figs: Figures, confusion: dict[str, str],
-                notes: list[str]) -> str:
+def render_html(
+    title: str, settings: dict, runs: list[MethodRun], figs: Figures, confusion: dict[str, str], notes: list[str]
+) -> str:
     esc = html.escape
     header, rows = table_rows(runs)
     best = best_methods(runs)
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
-             '<dl class="settings">']
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        '<dl class="settings">',
+    ]
     parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in settings_lines(settings)]
     parts += ["</dl>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for run, row in zip(runs, rows):
         if run.metrics is None:
-            parts.append(f'<tr><td>{esc(row[0])}</td><td class="failed" colspan="{len(header) - 1}">{esc(row[1])}</td></tr>')
+            parts.append(
+                f'<tr><td>{esc(row[0])}</td><td class="failed" colspan="{len(header) - 1}">{esc(row[1])}</td></tr>'
+            )
             continue
         cells = [f"<td>{esc(row[0])}</td>"] + [f'<td class="num">{esc(c)}</td>' for c in row[1:]]
-        parts.append(f'<tr{" class=best" if row[0] in best else ""}>' + "".join(cells) + "</tr>")
+        parts.append(f"<tr{' class=best' if row[0] in best else ''}>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     parts += [f'<p class="note">{esc(n)}</p>' for n in notes]
     if confusion:
@@ -200,7 +233,8 @@ NOTES = [
     "Highlighted: the highest test accuracy (validation accuracy when there is no test split).",
     "Best val. accuracy: the best epoch's validation accuracy (that epoch's weights are the ones saved). "
     "Test accuracy: the held-out test split, '-' when the data has none.",
-    "Weights on disk: the adapter file (with the classifier head) for adapter methods, the whole model for full/linear.",
+    "Weights on disk: the adapter file (with the classifier head) for adapter methods, "
+    "the whole model for full/linear.",
     "Peak memory: the training process's peak resident memory on a CPU, peak allocated GPU memory on a GPU. "
     "Wall time: the whole run, from loading data to writing the output directory.",
 ]

@@ -7,6 +7,7 @@ standing. A method counts as finished when DIR/<method>/metrics.json carries the
 the configuration it would be trained with now, so an interrupted comparison re-run with
 the same flags skips what is done and trains the rest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,9 @@ def model_fingerprint(model: str) -> list:
     path = Path(model).expanduser()
     if not path.is_dir():
         return [model]
-    files = sorted(p for p in path.iterdir()
-                   if (p.suffix in (".safetensors", ".bin") or p.name == "config.json") and p.is_file())
+    files = sorted(
+        p for p in path.iterdir() if (p.suffix in (".safetensors", ".bin") or p.name == "config.json") and p.is_file()
+    )
     return [str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
@@ -86,7 +88,7 @@ def finished_metrics(run_dir: Path, expected_hash: str) -> dict | None:
 # --- running one method ------------------------------------------------------------------------
 
 
-def train_in_subprocess(cfg, config_path: Path) -> str | None:
+def train_in_subprocess(cfg: TrainConfig, config_path: Path) -> str | None:
     """``imgtune train --config config_path`` as a child process; None on success, else why it failed.
     The child's output goes straight through; the tail of stderr is kept for the error line."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,9 @@ def train_in_subprocess(cfg, config_path: Path) -> str | None:
     return errors[-1] if errors else f"exit status {code}: {lines[-1] if lines else 'no output'}"
 
 
-def run_method(cfg, run_dir: Path, config_path: Path, expected_hash: str, rerun: bool) -> tuple[dict | None, str | None, bool]:
+def run_method(
+    cfg: TrainConfig, run_dir: Path, config_path: Path, expected_hash: str, rerun: bool
+) -> tuple[dict | None, str | None, bool]:
     """(metrics, error, reused) for one method: reuse a finished run or train it now."""
     if not rerun and (done := finished_metrics(run_dir, expected_hash)) is not None:
         return done, None, True
@@ -138,18 +142,25 @@ def device_name() -> str:
     return f"CPU, {cores} core(s), {torch.get_num_threads()} torch thread(s)"
 
 
-def report_settings(cfg, methods: list[str]) -> dict:
+def report_settings(cfg: TrainConfig, methods: list[str]) -> dict:
     return {
-        "model": cfg.model, "dataset": cfg.dataset, "classes": cfg.classes, "methods": methods, "epochs": cfg.epochs,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "classes": cfg.classes,
+        "methods": methods,
+        "epochs": cfg.epochs,
         "batch size": f"{cfg.batch_size}" + (f" x {cfg.grad_accum} accumulation steps" if cfg.grad_accum > 1 else ""),
-        "learning rate": cfg.lr, "seed": cfg.seed,
-        "precision": cfg.precision, "device": device_name(),
-        "adapter shape": "each method's ViT default (imgtune methods)" if cfg.rank is None and not cfg.target_modules
+        "learning rate": cfg.lr,
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+        "device": device_name(),
+        "adapter shape": "each method's ViT default (imgtune methods)"
+        if cfg.rank is None and not cfg.target_modules
         else f"rank {cfg.rank}, targets {cfg.target_modules}",
     }
 
 
-def check_inputs(cfg) -> None:
+def check_inputs(cfg: TrainConfig) -> None:
     """The model and the data every method shares, checked once in this process with train's own
     loading code: a typo'd path is one error line, not one failed child process per method."""
     if Path(resolve_model_path(cfg.model)).is_dir():  # a hub id is left to train (it may need the network)
@@ -167,8 +178,11 @@ def compare(plan: Plan):
     if plan.rerun or any(finished_metrics(out / name, method_hash(plan.shared, name)) is None for name in plan.methods):
         check_inputs(plan.shared)  # before anything is written; a comparison that only reuses needs no data
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"shared_config_hash": shared_hash(plan.shared), "methods": plan.methods,
-                "config": {k: v for k, v in plan.shared.to_dict().items() if k not in ("method", "output_dir")}}
+    manifest = {
+        "shared_config_hash": shared_hash(plan.shared),
+        "methods": plan.methods,
+        "config": {k: v for k, v in plan.shared.to_dict().items() if k not in ("method", "output_dir")},
+    }
     (out / COMPARE_JSON).write_text(json.dumps(manifest, indent=2, default=str))
     runs: list[MethodRun] = []
     try:
@@ -176,8 +190,9 @@ def compare(plan: Plan):
             run_dir = out / name
             cfg = plan.shared.replace(method=name, output_dir=str(run_dir))
             log.info(f"== compare {i}/{len(plan.methods)}: {name} -> {run_dir}")
-            metrics, error, reused = run_method(cfg, run_dir, out / CONFIGS_DIR / f"{name}.yaml",
-                                                method_hash(plan.shared, name), plan.rerun)
+            metrics, error, reused = run_method(
+                cfg, run_dir, out / CONFIGS_DIR / f"{name}.yaml", method_hash(plan.shared, name), plan.rerun
+            )
             if reused:
                 log.info(f"   already finished with this config: reusing {run_dir}")
             elif error:
@@ -185,7 +200,9 @@ def compare(plan: Plan):
             runs.append(MethodRun(name, metrics, error, reused))
     finally:  # an interrupted comparison still reports what finished
         done = {r.name for r in runs}
-        runs += [MethodRun(n, error="not finished: the comparison was interrupted") for n in plan.methods if n not in done]
+        runs += [
+            MethodRun(n, error="not finished: the comparison was interrupted") for n in plan.methods if n not in done
+        ]
         md, page = write_report(out, runs, report_settings(plan.shared, plan.methods), plan.title)
         log.info(f"report: {md} and {page}")
     return runs
@@ -201,8 +218,13 @@ def demo_plan(out: Path, overrides: dict) -> TrainConfig:
     if not (out / "untrained" / "config.json").is_file():  # rewriting it would make the backbone stale
         write_untrained_backbone(out / "untrained")
     log.info("== compare: the demo backbone (a compact ViT trained fully on digits 0-4)")
-    _, error, reused = run_method(backbone_cfg, Path(backbone_cfg.output_dir), out / CONFIGS_DIR / "backbone.yaml",
-                                  method_hash(backbone_cfg, "backbone"), False)
+    _, error, reused = run_method(
+        backbone_cfg,
+        Path(backbone_cfg.output_dir),
+        out / CONFIGS_DIR / "backbone.yaml",
+        method_hash(backbone_cfg, "backbone"),
+        False,
+    )
     if error:
         raise UserError(f"the demo backbone failed to train: {error}")
     if reused:

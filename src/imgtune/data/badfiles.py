@@ -1,15 +1,16 @@
 """The bad-file policy: ``skip`` counts each unreadable image once and lists it; ``strict`` refuses
 to start while any image is unreadable."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import UserError
-from .decode import BadImage, decode_rgb, source_name
-from .samples import ImageDataset, Skipped
-from .workers import decode_threads
+from imgtune.data.decode import BadImage, decode_rgb, source_name
+from imgtune.data.samples import ImageDataset, Skipped
+from imgtune.data.workers import decode_threads
+from imgtune.errors import UserError
 
 
 class BadFiles:
@@ -36,6 +37,7 @@ class BadFiles:
 
 def find_bad_files(rows, min_side: int | None = None, workers: int | None = None) -> list[Skipped]:
     """Decode every image once (threads: PIL releases the GIL while decoding)."""
+
     def check(row):
         source = row["image"] if isinstance(row, dict) else row
         try:
@@ -64,4 +66,7 @@ def check_strict(named: dict, min_side: int | None = None) -> None:
     bad = [s for source in named.values() if source is not None for s in find_unreadable(source, min_side)]
     if bad:
         listing = "; ".join(f"{s.name} ({s.reason})" for s in bad)
-        raise UserError(f"{len(bad)} unreadable image(s), refusing to start (--strict; drop it to skip and list them instead): {listing}")
+        raise UserError(
+            f"{len(bad)} unreadable image(s), refusing to start "
+            f"(--strict; drop it to skip and list them instead): {listing}"
+        )

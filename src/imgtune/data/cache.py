@@ -15,15 +15,16 @@ policy, so a changed dataset or size is never served stale:
 A build interrupted part-way resumes at the first shard without its ``.json``; every file
 is written under a temporary name and renamed into place, so a reader never sees half a shard.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -114,7 +115,9 @@ class ImageCache:
     def _map(self, shard: int) -> np.memmap:
         if shard not in self._maps:
             path = self.folder / f"shard-{shard:05d}.bin"
-            self._maps[shard] = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+            self._maps[shard] = (
+                np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+            )
         return self._maps[shard]
 
     def pixels(self, index: int) -> np.ndarray | Skipped:
@@ -123,11 +126,18 @@ class ImageCache:
         shard, row = divmod(index, self.shard_rows)
         h, w = self.shapes[shard][row]
         start = self.offsets[shard][row]
-        return self._map(shard)[start:start + h * w * 3].reshape(h, w, 3)
+        return self._map(shard)[start : start + h * w * 3].reshape(h, w, 3)
 
 
-def build_cache(root: str | Path, rows, size: int, desc: str = "cache", progress: bool = True,
-                threads: int | None = None, shard_rows: int = SHARD_ROWS) -> ImageCache:
+def build_cache(
+    root: str | Path,
+    rows,
+    size: int,
+    desc: str = "cache",
+    progress: bool = True,
+    threads: int | None = None,
+    shard_rows: int = SHARD_ROWS,
+) -> ImageCache:
     """The cache of ``rows`` for training at ``size`` px under ``root``: reused when complete,
     resumed when partial, built (in parallel, with a progress bar) otherwise."""
     side = cache_side(size)
@@ -136,15 +146,21 @@ def build_cache(root: str | Path, rows, size: int, desc: str = "cache", progress
     folder = Path(root).expanduser() / key
     folder.mkdir(parents=True, exist_ok=True)
     n = len(rows)
-    manifest = {"version": CACHE_VERSION, "rows": n, "shard_rows": shard_rows, "shorter_side": side,
-                "fingerprint": fingerprint}
+    manifest = {
+        "version": CACHE_VERSION,
+        "rows": n,
+        "shard_rows": shard_rows,
+        "shorter_side": side,
+        "fingerprint": fingerprint,
+    }
     _atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
     shards = math.ceil(n / shard_rows)
     todo = [s for s in range(shards) if not (folder / f"shard-{s:05d}.json").exists()]
     if todo:
         done_rows = n - sum(min(shard_rows, n - s * shard_rows) for s in todo)
-        bar = tqdm(total=n, initial=done_rows, desc=f"{desc}: caching images", unit="img",
-                   disable=None if progress else True)
+        bar = tqdm(
+            total=n, initial=done_rows, desc=f"{desc}: caching images", unit="img", disable=None if progress else True
+        )
         with ThreadPoolExecutor(max_workers=threads or decode_threads()) as pool:
             for s in todo:
                 _build_shard(folder, s, rows, range(s * shard_rows, min(n, (s + 1) * shard_rows)), side, pool, bar)

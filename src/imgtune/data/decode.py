@@ -6,6 +6,7 @@ every mode (alpha composited on white, 16-bit scaled, CMYK and palette converted
 orientation applied), and a pixel limit checked from the header before decoding, so a
 decompression bomb is an error instead of a hang.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,16 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
+UNREADABLE = "cannot identify image file (not an image, or an unsupported format)"
 # PIL names an in-memory file by its repr ("<_io.BytesIO object at 0x7ff0...>"): an address, no help to anyone
 STREAM_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class BadImage(Exception):
     """An image that cannot be decoded; the message says why."""
+
+
+class TooLarge(BadImage):
+    """An image over the pixel limit (found from its header, before decoding)."""
 
 
 def source_name(source: Any) -> str:
@@ -78,7 +84,7 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
             img = _open(source)
             width, height = img.size
             if width * height > max_pixels:
-                raise BadImage(f"{width}x{height} is over the {max_pixels:,}-pixel limit")
+                raise TooLarge(f"{width}x{height} is over the {max_pixels:,}-pixel limit")
             if min_side and img.format == "JPEG":
                 shrink = min(width, height) / min_side
                 if shrink >= 2:
@@ -90,8 +96,17 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
             return rgb
     except BadImage:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError, TypeError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise TooLarge(STREAM_REPR.sub("", str(err))) from None
+    except UnidentifiedImageError:  # PIL's message is the stream's repr, which says nothing
+        raise BadImage(UNREADABLE) from None
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        TypeError,
+    ) as err:
         raise BadImage(f"{type(err).__name__}: {STREAM_REPR.sub('', str(err))}") from None
 
 

@@ -1,4 +1,5 @@
 """The training order: a pure function of (seed, epoch), so a resumed run replays it exactly."""
+
 from __future__ import annotations
 
 import torch
@@ -27,4 +28,4 @@ class EpochSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
-        return iter(list(zip(order, seeds))[self.start:])
+        return iter(list(zip(order, seeds))[self.start :])

@@ -3,16 +3,17 @@
 A bad file never stops a run: the item comes back as a ``Skipped`` marker, ``collate`` drops it
 from the batch and reports it, and the caller counts it once (``badfiles.BadFiles``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .decode import BadImage, decode_rgb, source_name
+from imgtune.data.decode import BadImage, decode_rgb, source_name
 from imgtune.data.transforms import single_threaded
 
 
@@ -79,13 +80,17 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         self.pixel_values, self.labels = self.pixel_values.pin_memory(), self.labels.pin_memory()
         return self
 
-    def to(self, device, non_blocking: bool = True) -> "Batch":
-        return Batch(self.pixel_values.to(device, non_blocking=non_blocking), self.labels.to(device, non_blocking=non_blocking),
-                     self.indices, self.skipped)
+    def to(self, device, non_blocking: bool = True) -> Batch:
+        return Batch(
+            self.pixel_values.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.indices,
+            self.skipped,
+        )
 
 
 def stack_images(images: Sequence[torch.Tensor], shared: bool = False) -> torch.Tensor:
@@ -106,8 +111,12 @@ def collate(items) -> Batch:
     good = [it for it in items if not isinstance(it, Skipped)]
     skipped = [it for it in items if isinstance(it, Skipped)]
     if not good:
-        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
-                     torch.empty(0, dtype=torch.long), skipped)
+        return Batch(
+            torch.empty(0, 3, 1, 1, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+            skipped,
+        )
     # stack straight into shared memory in a worker, as torch's default_collate does: the batch
     # then crosses to the main process without another copy
     pixels = stack_images([it[0] for it in good], shared=get_worker_info() is not None)

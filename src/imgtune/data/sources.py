@@ -3,6 +3,7 @@
 Every source becomes a ``datasets.DatasetDict``; ``splits`` turns it into a run's splits.
 Decoding happens later, in the loader, so bad files are met one at a time and can be skipped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from ..errors import UserError
-from .decode import list_images
+from imgtune.data.decode import list_images
+from imgtune.errors import UserError
 
 IMAGE_COLUMNS = ("image", "img", "picture", "path", "file", "filepath", "filename", "image_path")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category", "target", "coarse_label")
@@ -25,7 +26,9 @@ def load_digits_dataset() -> datasets.DatasetDict:
     """scikit-learn's 1,797 bundled 8x8 handwritten digit scans as a labelled image dataset."""
     digits = load_digits()
     pixels = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
     ds = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()}, features=features
     )
@@ -37,12 +40,15 @@ def load_folder_dataset(folder: Path) -> datasets.DatasetDict:
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
     except Exception as err:  # datasets raises several types for "nothing usable here"
-        raise UserError(f"no usable images in {folder}: expected class sub-folders of images ({_first_line(err)})") from None
+        raise UserError(
+            f"no usable images in {folder}: expected class sub-folders of images ({_first_line(err)})"
+        ) from None
     if "label" not in next(iter(loaded.values())).column_names:
         # imagefolder drops the label column when every image sits in one folder
         classes = sorted({p.parent.name for p in list_images(folder)})
-        raise UserError(f"{folder} has a single class ({', '.join(classes[:3])}): a classifier needs at least two "
-                        "class sub-folders")
+        raise UserError(
+            f"{folder} has a single class ({', '.join(classes[:3])}): a classifier needs at least two class sub-folders"
+        )
     return loaded
 
 
@@ -118,8 +124,6 @@ def read_source(spec: str) -> datasets.DatasetDict:
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UserError(f"dataset {spec!r} is a path but neither a folder of images nor a .csv file")
     return load_hub_dataset(spec)
-
-
 
 
 def _first_line(err: Exception) -> str:

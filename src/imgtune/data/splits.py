@@ -4,6 +4,7 @@ validation / test carved where the source has none, sample limits.
 Every split is a ``datasets.Dataset`` with an undecoded ``image`` column and a ``ClassLabel``
 ``label`` column.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ import datasets
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ..config import TrainConfig
-from ..errors import UserError
-from .sources import IMAGE_COLUMNS, LABEL_COLUMNS, load_source, no_progress_bars
+from imgtune.config import TrainConfig
+from imgtune.data.sources import IMAGE_COLUMNS, LABEL_COLUMNS, load_source, no_progress_bars
+from imgtune.errors import UserError
 
 SPLIT_ALIASES = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
@@ -67,8 +68,12 @@ def keep_classes(ds: datasets.Dataset, classes: list[str], allow_missing: bool =
         raise UserError(f"classes {missing} are not in the dataset (it has {names[:20]})")
     old_to_new = {names.index(c): i for i, c in enumerate(classes) if c in names}
     ds = ds.filter(lambda labels: [l in old_to_new for l in labels], input_columns="label", batched=True)
-    ds = ds.map(lambda labels: {"label": [old_to_new[l] for l in labels]}, input_columns="label", batched=True,
-                features=datasets.Features({"image": ds.features["image"], "label": datasets.ClassLabel(names=list(classes))}))
+    ds = ds.map(
+        lambda labels: {"label": [old_to_new[l] for l in labels]},
+        input_columns="label",
+        batched=True,
+        features=datasets.Features({"image": ds.features["image"], "label": datasets.ClassLabel(names=list(classes))}),
+    )
     return ds
 
 
@@ -124,8 +129,9 @@ def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig) -> DataSplits:
     std = lambda d: None if d is None else standardize(d, cfg.image_column, cfg.label_column)  # noqa: E731
     train, validation, test = std(train), std(validation), std(test)
     if cfg.classes:
-        train, validation, test = (None if d is None else keep_classes(d, [str(c) for c in cfg.classes])
-                                   for d in (train, validation, test))
+        train, validation, test = (
+            None if d is None else keep_classes(d, [str(c) for c in cfg.classes]) for d in (train, validation, test)
+        )
     check_usable(train, f"dataset {cfg.dataset!r}")
     if test is None and cfg.test_fraction:
         train, test = stratified_split(train, cfg.test_fraction, cfg.seed)
@@ -139,15 +145,22 @@ def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig) -> DataSplits:
     return DataSplits(train, validation, test, list(train.features["label"].names))
 
 
-def load_eval_split(spec: str, split: str | None, labels: list[str], image_column=None, label_column=None) -> datasets.Dataset:
+def load_eval_split(
+    spec: str, split: str | None, labels: list[str], image_column=None, label_column=None
+) -> datasets.Dataset:
     """One split of a dataset for ``evaluate``, relabelled to the trained model's label order."""
     with no_progress_bars():
         return eval_split_of(load_source(spec), spec, split, labels, image_column, label_column)
 
 
-def eval_split_of(dd: datasets.DatasetDict, spec: str, split: str | None, labels: list[str], image_column=None,
-                  label_column=None) -> datasets.Dataset:
-    ds = pick_split(dd, split, split or "test") if split else (pick_split(dd, None, "test") or pick_split(dd, None, "validation") or dd[next(iter(dd))])
+def eval_split_of(
+    dd: datasets.DatasetDict, spec: str, split: str | None, labels: list[str], image_column=None, label_column=None
+) -> datasets.Dataset:
+    ds = (
+        pick_split(dd, split, split or "test")
+        if split
+        else (pick_split(dd, None, "test") or pick_split(dd, None, "validation") or dd[next(iter(dd))])
+    )
     if ds is None:
         raise UserError(f"dataset {spec!r} has no {split!r} split (it has {', '.join(dd)})")
     ds = standardize(ds, image_column, label_column)

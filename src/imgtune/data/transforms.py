@@ -3,8 +3,10 @@
 Per-image work (crop, flip, resize) runs on uint8 tensors with torchvision.transforms.v2;
 the float conversion and normalisation run once per batch on the model's device.
 """
+
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,8 +20,12 @@ from torchvision.transforms.v2 import functional as F
 def single_threaded():
     """Input-side tensor ops on one thread. Loader workers already run that way; in the main
     process torch would split a 224x224 resize over every core, and on a busy machine the
-    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores)."""
-    if get_worker_info() is not None:
+    threads wait on each other (measured: 7 ms per resize instead of 0.3 ms on 2 shared cores).
+
+    torch's thread count is process-wide, so this only acts on the main thread, where the training
+    loop runs input and model work in turn; elsewhere (a server's decode threads beside its model
+    thread) changing it would slow the model under someone else's feet, so it is left alone."""
+    if get_worker_info() is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
     threads = torch.get_num_threads()
@@ -39,7 +45,7 @@ class ImageSpec:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_processor(cls, processor, size: int | None = None) -> "ImageSpec":
+    def from_processor(cls, processor, size: int | None = None) -> ImageSpec:
         if size is None:
             s = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
             size = s.get("height") or s.get("shortest_edge") or 224
@@ -77,7 +83,7 @@ class TrainCrop(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         p = self.crop.make_params([image])
-        region = image[..., p["top"]:p["top"] + p["height"], p["left"]:p["left"] + p["width"]]
+        region = image[..., p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]]
         out = resize_uint8(region, self.size)
         if self.hflip and torch.rand(1).item() < 0.5:
             out = out.flip(-1)

@@ -1,4 +1,5 @@
 """How many threads and loader processes the input side gets: measured rules per machine."""
+
 from __future__ import annotations
 
 import os

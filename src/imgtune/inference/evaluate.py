@@ -1,23 +1,33 @@
 """``evaluate``: a trained run scored on a dataset split (loss, accuracy, top-5, per class)."""
+
 from __future__ import annotations
 
-
-
-from imgtune.data.sources import CSV_PATHS_HINT
-from imgtune.data.splits import load_eval_split
-from imgtune.errors import UserError, check_counts
 from imgtune.data.badfiles import BadFiles, check_strict
 from imgtune.data.loading import image_dataset, make_loader
+from imgtune.data.sources import CSV_PATHS_HINT
+from imgtune.data.splits import load_eval_split
 from imgtune.data.workers import loader_workers
+from imgtune.errors import UserError, check_counts
 from imgtune.inference.precision import inference_autocast
 from imgtune.inference.predict import Predictor
 from imgtune.inference.scoring import run_eval
 
 
-def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size: int = 64,
-             num_workers: int | None = None, bad_files: str = "skip", image_column: str | None = None,
-             label_column: str | None = None, progress: bool = True, *, device: str | None = None,
-             precision: str = "auto", cache: str | None = None) -> dict:
+def evaluate(
+    output_dir: str,
+    dataset: str,
+    split: str | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    bad_files: str = "skip",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    progress: bool = True,
+    *,
+    device: str | None = None,
+    precision: str = "auto",
+    cache: str | None = None,
+) -> dict:
     """Evaluate a trained run (adapter or full model directory) on a dataset split, on ``device``
     (default: the GPU when there is one) with the adapter folded into the base, as predict does."""
 
@@ -34,9 +44,14 @@ def evaluate(output_dir: str, dataset: str, split: str | None = None, batch_size
     with inference_autocast(predictor.precision, on):
         result = run_eval(predictor.model, loader, predictor.normalize, bad=bad, progress=progress)
     if result.count == 0:
-        raise UserError(f"none of the {len(ds)} images in {dataset} could be read; {bad.summary()}"
-                        f"{CSV_PATHS_HINT if str(dataset).endswith('.csv') else ''}")
+        raise UserError(
+            f"none of the {len(ds)} images in {dataset} could be read; {bad.summary()}"
+            f"{CSV_PATHS_HINT if str(dataset).endswith('.csv') else ''}"
+        )
     metrics = result.metrics()
-    metrics.update(per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
-                   bad_files=len(bad), bad_file_names=sorted(bad.reasons))
+    metrics.update(
+        per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
+        bad_files=len(bad),
+        bad_file_names=sorted(bad.reasons),
+    )
     return metrics

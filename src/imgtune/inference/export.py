@@ -4,6 +4,7 @@ The ONNX graph takes ``pixel_values`` exactly as transformers does (float NCHW, 
 with the processor's mean/std; the processor config is saved beside it) and returns ``logits``;
 the batch axis is dynamic.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,15 @@ def require_onnx():
         import onnx  # noqa: F401
         import onnxruntime
     except ImportError as err:
-        raise UserError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
-                        'pip install -e ".[export]"') from None
+        raise UserError(
+            f'ONNX export needs onnx and onnxruntime ({err.name} is missing): pip install -e ".[export]"'
+        ) from None
     return onnxruntime
 
 
 def logits_only(model):
     """transformers returns a ModelOutput; the exported graph should have one plain output."""
+
     class LogitsOnly(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -100,14 +103,17 @@ def check_side_files(folder: Path, files: dict[str, bytes]) -> None:
         if old is None or not same_content(old, content):
             clashes.append(name)
     if clashes:
-        raise UserError(f"{folder} already holds {' and '.join(clashes)} of another model: export each model "
-                        f"into its own folder (or delete {'them' if len(clashes) > 1 else 'it'} first)")
+        raise UserError(
+            f"{folder} already holds {' and '.join(clashes)} of another model: export each model "
+            f"into its own folder (or delete {'them' if len(clashes) > 1 else 'it'} first)"
+        )
 
 
 def cannot_write(path: Path, err: OSError) -> UserError:
     where = f"{err.filename}: " if err.filename and str(err.filename) != str(path) else ""
-    return UserError(f"cannot write {path} ({where}{err.strerror or err}): pass --onnx a path in a folder "
-                     "you can write to")
+    return UserError(
+        f"cannot write {path} ({where}{err.strerror or err}): pass --onnx a path in a folder you can write to"
+    )
 
 
 def export_onnx(run: LoadedRun, onnx_path: str | Path) -> dict:
@@ -115,7 +121,9 @@ def export_onnx(run: LoadedRun, onnx_path: str | Path) -> dict:
     require_onnx()
     path = Path(onnx_path).expanduser()
     if path.is_dir():
-        raise UserError(f"--onnx {onnx_path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}")
+        raise UserError(
+            f"--onnx {onnx_path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}"
+        )
     model, processor, labels = plain_model(run)
     spec = ImageSpec.from_processor(processor)
     files = side_files(processor, labels)
@@ -129,9 +137,21 @@ def export_onnx(run: LoadedRun, onnx_path: str | Path) -> dict:
         with warnings.catch_warnings():
             # the tracer warns about transformers' shape checks, which are constant for a fixed image size
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(logits_only(model), (example,), str(path), input_names=["pixel_values"],
-                              output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
+            # torch deprecates this exporter in favour of the dynamo one (see above for why not yet);
+            # a known decision, not news for every export
+            warnings.filterwarnings(
+                "ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+            )
+            torch.onnx.export(
+                logits_only(model),
+                (example,),
+                str(path),
+                input_names=["pixel_values"],
+                output_names=["logits"],
+                dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
         for name, content in files.items():
             (path.parent / name).write_bytes(content)
     except OSError as err:
@@ -162,8 +182,9 @@ def quantize(onnx_path: Path, int8_path: Path) -> Path:
     return int8_path
 
 
-def onnx_accuracy(onnx_files: dict[str, Path], run: LoadedRun, dataset: str, split: str | None,
-                  batch_size: int = 64) -> dict[str, float]:
+def onnx_accuracy(
+    onnx_files: dict[str, Path], run: LoadedRun, dataset: str, split: str | None, batch_size: int = 64
+) -> dict[str, float]:
     """Top-1 accuracy of each ONNX file on a dataset split, with imgtune's eval preprocessing."""
     ds = load_eval_split(dataset, split, run.labels, None, None)
     spec = ImageSpec.from_processor(run.processor)
@@ -182,8 +203,9 @@ def onnx_accuracy(onnx_files: dict[str, Path], run: LoadedRun, dataset: str, spl
     return {name: c / count for name, c in correct.items()} | {"count": count}
 
 
-def export(out: str | Path, onnx_path: str | Path, int8: bool = False, dataset: str | None = None,
-           split: str | None = None) -> dict:
+def export(
+    out: str | Path, onnx_path: str | Path, int8: bool = False, dataset: str | None = None, split: str | None = None
+) -> dict:
     """ONNX (and int8) files of a run, each checked; with ``dataset``, their accuracy on it."""
     if dataset and not int8:
         raise UserError("--dataset measures the int8 accuracy change: add --int8")
@@ -196,6 +218,10 @@ def export(out: str | Path, onnx_path: str | Path, int8: bool = False, dataset: 
         summary["int8_bytes"], summary["fp32_bytes"] = int8_path.stat().st_size, path.stat().st_size
         if dataset:
             acc = onnx_accuracy({"fp32": path, "int8": int8_path}, run, dataset, split)
-            summary.update(fp32_accuracy=acc["fp32"], int8_accuracy=acc["int8"], accuracy_count=acc["count"],
-                           accuracy_change=acc["int8"] - acc["fp32"])
+            summary.update(
+                fp32_accuracy=acc["fp32"],
+                int8_accuracy=acc["int8"],
+                accuracy_count=acc["count"],
+                accuracy_change=acc["int8"] - acc["fp32"],
+            )
     return summary

@@ -3,6 +3,7 @@
 The merged directory loads with ``AutoModelForImageClassification.from_pretrained`` alone (no peft)
 and runs at the base model's speed; peft's ``merge_and_unload`` does the arithmetic for every method.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,10 +22,14 @@ def fold_adapter(model):
     try:
         merged = model.merge_and_unload()
     except (NotImplementedError, ValueError, AttributeError, TypeError) as err:
-        raise UserError(f"peft cannot merge a {method} adapter ({err}): serve it unmerged with `imgtune serve`") from None
+        raise UserError(
+            f"peft cannot merge a {method} adapter ({err}): serve it unmerged with `imgtune serve`"
+        ) from None
     leftovers = [name for name, m in merged.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
     if leftovers or isinstance(merged, peft.PeftModel):
-        raise UserError(f"peft left {method} layers after merging ({', '.join(leftovers[:3])}): this method cannot be merged")
+        raise UserError(
+            f"peft left {method} layers after merging ({', '.join(leftovers[:3])}): this method cannot be merged"
+        )
     return merged
 
 
@@ -39,8 +44,10 @@ def try_merge(model):
 def merged_model(run: LoadedRun) -> torch.nn.Module:
     """The plain merged model of a loaded adapter run, in eval mode; refuses non-adapter runs."""
     if not run.is_adapter:
-        raise UserError(f"{run.path} is a full/linear run, already a plain transformers model: "
-                        "load it with from_pretrained as it is, there is nothing to merge")
+        raise UserError(
+            f"{run.path} is a full/linear run, already a plain transformers model: "
+            "load it with from_pretrained as it is, there is nothing to merge"
+        )
     return fold_adapter(run.model).eval()
 
 

@@ -1,4 +1,5 @@
 """Where inference runs and in which autocast dtype: measured rules, not hopes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,10 @@ def resolve_precision(precision: str, device_type: str) -> str:
             return "bf16"
         return "no"
     if precision == "fp16" and device_type == "cpu":
-        raise UserError("fp16 mixed precision needs a GPU: use --precision fp32 on a CPU "
-                        "(or bf16, where the CPU has native bf16: AMX or AVX512-BF16)")
+        raise UserError(
+            "fp16 mixed precision needs a GPU: use --precision fp32 on a CPU "
+            "(or bf16, where the CPU has native bf16: AMX or AVX512-BF16)"
+        )
     return precision
 
 
@@ -47,8 +50,10 @@ def resolve_device(name: str | None) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA device(s)): "
-                        "use --device cpu or leave it out")
+        raise UserError(
+            f"device {name!r} is not available here ({torch.cuda.device_count()} CUDA device(s)): "
+            "use --device cpu or leave it out"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' is not available here: use --device cpu or leave it out")
     return device

@@ -1,21 +1,23 @@
 """Classify images with a trained run: batched, top-k labels with probabilities."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from imgtune.errors import UserError, check_counts
-from imgtune.data.decode import BadImage, decode_rgb, list_images
-from imgtune.data.samples import ImageDataset
 from imgtune.data.badfiles import check_strict
-from imgtune.data.workers import loader_workers
+from imgtune.data.decode import BadImage, decode_rgb, list_images
 from imgtune.data.loading import make_loader
-from imgtune.rundir import LoadedRun, load_run
+from imgtune.data.samples import ImageDataset
+from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.data.workers import loader_workers
+from imgtune.errors import UserError, check_counts
 from imgtune.inference.merge import try_merge
 from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
-from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.rundir import LoadedRun, load_run
 
 
 def top_k(probs: torch.Tensor, labels: list[str], k: int) -> list[dict[str, Any]]:
@@ -41,8 +43,9 @@ class Predictor:
         self.normalize = BatchNormalizer(self.spec).to(self.device)
 
     @classmethod
-    def from_dir(cls, output_dir: str | Path, device: str | None = None, precision: str = "auto",
-                 merge: bool = True) -> "Predictor":
+    def from_dir(
+        cls, output_dir: str | Path, device: str | None = None, precision: str = "auto", merge: bool = True
+    ) -> Predictor:
         return cls(load_run(output_dir), device, precision, merge)
 
     @torch.inference_mode()
@@ -55,12 +58,19 @@ class Predictor:
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         return [top_k(row, self.run.labels, k) for row in probs]
 
-    def predict(self, sources: Sequence[Any], top_k: int = 5, batch_size: int = 32,
-                num_workers: int | None = None) -> tuple[list[dict], list[dict]]:
+    def predict(
+        self, sources: Sequence[Any], top_k: int = 5, batch_size: int = 32, num_workers: int | None = None
+    ) -> tuple[list[dict], list[dict]]:
         """(results, skipped): one result per readable source, in order; unreadable ones skipped."""
         workers = loader_workers(num_workers, self.device.type)
-        loader = make_loader(ImageDataset(list(sources), self.transform, self.spec.size), batch_size, False, 0,
-                             workers, pin_memory=self.device.type == "cuda")
+        loader = make_loader(
+            ImageDataset(list(sources), self.transform, self.spec.size),
+            batch_size,
+            False,
+            0,
+            workers,
+            pin_memory=self.device.type == "cuda",
+        )
         results, skipped = [], []
         for batch in loader:
             skipped += [{"image": s.name, "error": s.reason} for s in batch.skipped]
@@ -84,9 +94,16 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     return explicit, found
 
 
-def predict(output_dir: str | Path, inputs: Sequence[str], top_k: int = 5, batch_size: int = 32,
-            bad_files: str = "skip", predictor: Predictor | None = None, precision: str = "auto",
-            device: str | None = None) -> tuple[list[dict], list[dict]]:
+def predict(
+    output_dir: str | Path,
+    inputs: Sequence[str],
+    top_k: int = 5,
+    batch_size: int = 32,
+    bad_files: str = "skip",
+    predictor: Predictor | None = None,
+    precision: str = "auto",
+    device: str | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
     check_counts(top_k=top_k, batch_size=batch_size)

@@ -1,5 +1,6 @@
 """The scoring pass: loss, accuracy and top-5 of a model over a loader, once per image, across
 processes. Shared by training (each epoch) and ``evaluate``; imports nothing of imgtune but ``data``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,8 +25,12 @@ class EvalResult:
     targets: np.ndarray = field(repr=False)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy, f"{prefix}top5": self.top5,
-                f"{prefix}count": self.count}
+        return {
+            f"{prefix}loss": self.loss,
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}top5": self.top5,
+            f"{prefix}count": self.count,
+        }
 
     def confusion(self, num_labels: int) -> np.ndarray:
         if not len(self.targets):  # every image unreadable: scikit-learn refuses empty input
@@ -39,8 +44,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: BadFiles | None = None,
-             desc: str = "eval", progress: bool = True) -> EvalResult:
+def run_eval(
+    model,
+    loader,
+    normalize: BatchNormalizer,
+    accelerator=None,
+    bad: BadFiles | None = None,
+    desc: str = "eval",
+    progress: bool = True,
+) -> EvalResult:
     """One pass over ``loader``; under accelerate each process evaluates its shard.
 
     Per-image results are gathered with their dataset index and de-duplicated on it, rather
@@ -61,11 +73,18 @@ def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: B
             logits = model(pixel_values=normalize(batch.pixel_values)).logits.float()
             labels = batch.labels
             top5 = (logits.topk(min(5, logits.shape[1])).indices == labels[:, None]).any(dim=1)
-            rows = (batch.indices.to(device), labels, logits.argmax(dim=1),
-                    F.cross_entropy(logits, labels, reduction="none"), top5.float())
+            rows = (
+                batch.indices.to(device),
+                labels,
+                logits.argmax(dim=1),
+                F.cross_entropy(logits, labels, reduction="none"),
+                top5.float(),
+            )
         else:
-            rows = (*(torch.zeros(0, dtype=torch.long, device=device) for _ in range(3)),
-                    *(torch.zeros(0, device=device) for _ in range(2)))
+            rows = (
+                *(torch.zeros(0, dtype=torch.long, device=device) for _ in range(3)),
+                *(torch.zeros(0, device=device) for _ in range(2)),
+            )
         if shared:
             # equal sizes for the all-gather; padding rows carry index -1
             rows = accelerator.gather(accelerator.pad_across_processes(rows, dim=0, pad_index=-1))
@@ -80,5 +99,11 @@ def run_eval(model, loader, normalize: BatchNormalizer, accelerator=None, bad: B
     keep = torch.from_numpy(first)
     targets, preds, losses, top5 = (torch.cat([p[i] for p in parts])[keep] for i in range(1, 5))
     y_true, y_pred = targets.numpy(), preds.numpy()
-    return EvalResult(losses.double().mean().item(), float(accuracy_score(y_true, y_pred)),
-                      top5.double().mean().item(), len(y_true), y_pred, y_true)
+    return EvalResult(
+        losses.double().mean().item(),
+        float(accuracy_score(y_true, y_pred)),
+        top5.double().mean().item(),
+        len(y_true),
+        y_pred,
+        y_true,
+    )

@@ -1,6 +1,7 @@
 """Micro-batching: requests wait in an asyncio queue; one worker takes up to ``max_batch`` of them
 (waiting at most ``max_wait_ms`` for company after the first), runs the engine in a single thread,
 and answers each."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,9 @@ class Batcher:
             if not live:
                 continue
             try:
-                rows = await loop.run_in_executor(self.executor, self.model.probabilities,
-                                                  [i[0] for i in live], [i[1] for i in live])
+                rows = await loop.run_in_executor(
+                    self.executor, self.model.probabilities, [i[0] for i in live], [i[1] for i in live]
+                )
             except Exception as err:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
                 for _, _, fut in live:
                     if not fut.done():

@@ -5,6 +5,7 @@ that copy from the base model's head, so an adapter trained with a different num
 not load into it. For such an adapter the copy's Linear is rebuilt with the adapter's shape and filled
 from the adapter's own weights (peft is told to skip just those mismatched tensors).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,15 +20,15 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor
 
-from imgtune.errors import UserError
 from imgtune.data.decode import MAX_PIXELS, decode_rgb
 from imgtune.data.samples import hwc_tensor, stack_images
+from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.errors import UserError
+from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
 from imgtune.inference.predict import top_k
 from imgtune.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_head_size, labels_of, method_of
 from imgtune.tuning.methods import Method
 from imgtune.tuning.pretrained import load_base_model
-from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
-from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: peft uses names as ModuleDict keys
@@ -45,8 +46,14 @@ class Adapter:
     handler: Method | None = None  # the registry's method: how its adapters load quietly
 
     def describe(self) -> dict:
-        return {"name": self.name, "method": self.method, "num_labels": len(self.labels), "labels": self.labels,
-                "image_size": self.spec.size, "mixed_batch": self.mixed_batch}
+        return {
+            "name": self.name,
+            "method": self.method,
+            "num_labels": len(self.labels),
+            "labels": self.labels,
+            "image_size": self.spec.size,
+            "mixed_batch": self.mixed_batch,
+        }
 
 
 def check_name(name: str) -> str:
@@ -64,12 +71,21 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
     peft_config = peft.PeftConfig.from_pretrained(out)
     method = method_of(out)
     spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
-    return Adapter(check_name(name), out, labels, method.name, method.mixed_batch, spec,
-                   peft_config.base_model_name_or_path, method)
+    return Adapter(
+        check_name(name),
+        out,
+        labels,
+        method.name,
+        method.mixed_batch,
+        spec,
+        peft_config.base_model_name_or_path,
+        method,
+    )
 
 
 def same_model(a: str, b: str) -> bool:
     """Local directories compare as resolved paths (a run records an absolute one), hub ids as strings."""
+
     def key(name: str) -> str:
         path = Path(name).expanduser()
         return str(path.resolve()) if path.is_dir() else name
@@ -97,8 +113,9 @@ def head_tensors(path: Path, prefixes: list[str]) -> dict[str, torch.Tensor]:
 class MultiAdapterModel:
     """A PeftModel holding every adapter; ``lock`` serialises forwards with adapter loads/deletes."""
 
-    def __init__(self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None,
-                 precision: str = "auto"):
+    def __init__(
+        self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None, precision: str = "auto"
+    ):
         if not adapters:
             raise UserError("give at least one --adapter NAME=OUTPUT_DIR")
         self.device = resolve_device(device)
@@ -118,8 +135,10 @@ class MultiAdapterModel:
 
             bad = sorted(t.value for t in types if t not in COMPATIBLE_TUNER_TYPES)
             if bad:
-                raise UserError(f"peft cannot hold {', '.join(bad)} adapters beside other adapter types on one base: "
-                                f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})")
+                raise UserError(
+                    f"peft cannot hold {', '.join(bad)} adapters beside other adapter types on one base: "
+                    f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})"
+                )
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
         self.base = base
         base_model = load_base_model(base, first.labels)
@@ -175,13 +194,17 @@ class MultiAdapterModel:
             if "ignore_mismatched_sizes" in text:
                 skipped += re.findall(r"- (\S+): found shape", text)
             else:  # everything else is shown as it would have been
-                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
-                                       caught_warning.lineno)
+                warnings.warn_explicit(
+                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+                )
         return skipped
 
     def _load_error(self, adapter: Adapter, reason: str) -> UserError:
-        hint = f"serve it on the base it was trained on ({adapter.trained_on})" if adapter.trained_on \
+        hint = (
+            f"serve it on the base it was trained on ({adapter.trained_on})"
+            if adapter.trained_on
             else "serve it on the base it was trained on"
+        )
         return UserError(f"cannot load {adapter.path} onto base {self.base}: {reason}; {hint}")
 
     def _warn_other_base(self, adapter: Adapter) -> None:
@@ -191,22 +214,28 @@ class MultiAdapterModel:
 
     def _fit_heads(self, adapter: Adapter) -> None:
         """Rebuild this adapter's head copies whose shape differs from the saved weights, then load them."""
-        wrappers = {f"{name}.": module for name, module in self.model.named_modules()
-                    if isinstance(module, peft.utils.other.ModulesToSaveWrapper) and adapter.name in module.modules_to_save}
+        wrappers = {
+            f"{name}.": module
+            for name, module in self.model.named_modules()
+            if isinstance(module, peft.utils.other.ModulesToSaveWrapper) and adapter.name in module.modules_to_save
+        }
         weights = head_tensors(adapter.path, list(wrappers))
         for prefix, module in wrappers.items():
             module_name = prefix[:-1]
-            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             copy = module.modules_to_save[adapter.name]
             if all(k in copy.state_dict() and copy.state_dict()[k].shape == v.shape for k, v in own.items()):
                 continue
             if not isinstance(copy, torch.nn.Linear) or "weight" not in own:
-                raise UserError(f"adapter {adapter.name!r} has a head of another size and {module_name} is not a "
-                                "single Linear layer: serve it on its own")
+                raise UserError(
+                    f"adapter {adapter.name!r} has a head of another size and {module_name} is not a "
+                    "single Linear layer: serve it on its own"
+                )
             rows, cols = own["weight"].shape
             if cols != copy.in_features:  # another class count changes rows only; other features, another base
-                raise self._load_error(adapter, f"its {module_name} takes {cols} features, this base gives "
-                                                f"{copy.in_features}")
+                raise self._load_error(
+                    adapter, f"its {module_name} takes {cols} features, this base gives {copy.in_features}"
+                )
             new = torch.nn.Linear(cols, rows, bias="bias" in own, dtype=copy.weight.dtype, device=copy.weight.device)
             new.load_state_dict(own)
             new.requires_grad_(False)

@@ -1,4 +1,5 @@
 """The address check made before the model loads: a taken port is a one-line error at once."""
+
 from __future__ import annotations
 
 import errno
@@ -26,6 +27,7 @@ def check_listen(host: str, port: int) -> None:
                 if err.errno == errno.EADDRINUSE:
                     raise UserError(f"cannot listen on {where}: address already in use (pick another --port)") from None
                 if err.errno == errno.EACCES:
-                    raise UserError(f"cannot listen on {where}: permission denied (ports below 1024 need root: "
-                                    "pick another --port)") from None
+                    raise UserError(
+                        f"cannot listen on {where}: permission denied (ports below 1024 need root: pick another --port)"
+                    ) from None
                 raise UserError(f"cannot listen on {where}: {err.strerror or err} (check --host and --port)") from None

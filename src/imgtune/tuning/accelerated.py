@@ -1,5 +1,6 @@
 """What the training loop needs from accelerate: the accelerator of a run, and the few things that
 must agree across processes (the shared sampler, skipped files, the step's loss, a placeholder step)."""
+
 from __future__ import annotations
 
 import resource

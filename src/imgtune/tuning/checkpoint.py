@@ -15,6 +15,7 @@ RNG states inside a ``try/except`` that silently skips a damaged file; here ever
 file loads with ``weights_only=True``, weights come only from safetensors, and a damaged
 file is an error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,28 +42,30 @@ MANIFEST = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
 BEST = "best.safetensors"
 METHOD_TENSORS = "method_state.safetensors"  # e.g. AdaLoRA's importance scores
+LEGACY_METHOD_TENSORS = "adalora_importance.safetensors"  # the same, in checkpoints of imgtune 0.1
 STATE = "trainer_state.json"
+
 
 @dataclass
 class TrainState:
     """The loop's bookkeeping; saved as JSON in every checkpoint."""
 
-    epoch: int = 1               # the epoch in progress (or next to start)
-    batches_done: int = 0        # batches of that epoch already consumed (by each process)
-    global_step: int = 0         # optimizer steps
-    accumulation_step: int = 0   # accelerate's micro-batch counter (accumulation crosses epochs)
+    epoch: int = 1  # the epoch in progress (or next to start)
+    batches_done: int = 0  # batches of that epoch already consumed (by each process)
+    global_step: int = 0  # optimizer steps
+    accumulation_step: int = 0  # accelerate's micro-batch counter (accumulation crosses epochs)
     epoch_loss_sum: float = 0.0  # the running training loss of the epoch in progress
     epoch_loss_count: int = 0
     history: list = field(default_factory=list)
     best_accuracy: float = -1.0
     best_epoch: int = 0
     best_checkpoint: str | None = None
-    method_state: dict | None = None       # the method's own state (AdaLoRA: its rank pattern)
+    method_state: dict | None = None  # the method's own state (AdaLoRA: its rank pattern)
     best_method_state: dict | None = None  # ... as it was at the best epoch
     bad_files: dict = field(default_factory=dict)
     images_seen: int = 0
     train_seconds: float = 0.0
-    run_id: str = ""             # which run wrote it: rotation never deletes another run's checkpoints
+    run_id: str = ""  # which run wrote it: rotation never deletes another run's checkpoints
     num_processes: int = 1
     settings: dict = field(default_factory=dict)  # TrainConfig.result_settings()
 
@@ -115,9 +118,19 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(accelerator, out: Path, name: str, model, optimizer, scheduler, state: TrainState,
-                    best: dict[str, torch.Tensor] | None, best_is_current: bool, keep_last: int | None,
-                    method: Method) -> Path:
+def save_checkpoint(
+    accelerator,
+    out: Path,
+    name: str,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    best: dict[str, torch.Tensor] | None,
+    best_is_current: bool,
+    keep_last: int | None,
+    method: Method,
+) -> Path:
     """Write checkpoint ``name`` atomically (every process calls this; the main one writes the shared parts).
 
     Assumes OUT is on storage every process sees (one machine, or a shared file system)."""
@@ -167,8 +180,10 @@ def read_manifest(path: Path) -> dict:
             raise ValueError("no file list")
         return manifest
     except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"checkpoint {path} has an unreadable {MANIFEST} manifest ({err}): "
-                        "delete it to resume from an older one, or start again without --resume") from None
+        raise UserError(
+            f"checkpoint {path} has an unreadable {MANIFEST} manifest ({err}): "
+            "delete it to resume from an older one, or start again without --resume"
+        ) from None
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -211,11 +226,16 @@ def prune_checkpoints(root: Path, keep_last: int | None, run_id: str, best: str 
 def read_state(path: Path) -> TrainState:
     try:
         data = json.loads((path / STATE).read_text())
+        for legacy, key in (("rank_pattern", "method_state"), ("best_rank_pattern", "best_method_state")):
+            if data.get(legacy) is not None and key not in data:  # written before methods kept their own state
+                data[key] = {"rank_pattern": data[legacy]}
         known = {f.name for f in fields(TrainState)}
         return TrainState(**{k: v for k, v in data.items() if k in known})
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"checkpoint {path} has an unreadable {STATE} ({err}): "
-                        "delete it to resume from an older one, or start again without --resume") from None
+        raise UserError(
+            f"checkpoint {path} has an unreadable {STATE} ({err}): "
+            "delete it to resume from an older one, or start again without --resume"
+        ) from None
 
 
 def set_aside_earlier_runs(root: Path) -> tuple[int, list[Path]]:
@@ -252,11 +272,14 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
         return done[-1] if done else None
     path = Path(resume).expanduser()
     if not path.exists():
-        raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or one of "
-                        f"{checkpoint_root(out)}/checkpoint-*")
+        raise UserError(
+            f"--resume {resume}: no such checkpoint; use --resume auto or one of {checkpoint_root(out)}/checkpoint-*"
+        )
     if not (path / MANIFEST).is_file():
-        raise UserError(f"--resume {resume}: not a complete checkpoint (no {MANIFEST} manifest in it); "
-                        f"use --resume auto or one of {checkpoint_root(out)}/checkpoint-*")
+        raise UserError(
+            f"--resume {resume}: not a complete checkpoint (no {MANIFEST} manifest in it); "
+            f"use --resume auto or one of {checkpoint_root(out)}/checkpoint-*"
+        )
     return path
 
 
@@ -265,22 +288,31 @@ def verify(path: Path) -> None:
     for name, expected in read_manifest(path)["files"].items():
         file = path / name
         if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
-            raise UserError(f"checkpoint {path} is damaged ({name} does not match its manifest): "
-                            "delete it to resume from an older one, or start again without --resume")
+            raise UserError(
+                f"checkpoint {path} is damaged ({name} does not match its manifest): "
+                "delete it to resume from an older one, or start again without --resume"
+            )
 
 
 def check_compatible(path: Path, state: TrainState, cfg: TrainConfig, num_processes: int) -> None:
     """A checkpoint only continues the run that wrote it: same settings, same process count."""
     now = cfg.result_settings()
-    changed = [k for k in sorted(set(now) | set(state.settings))
-               if json.dumps(now.get(k), sort_keys=True) != json.dumps(state.settings.get(k), sort_keys=True)]
+    changed = [
+        k
+        for k in sorted(set(now) | set(state.settings))
+        if json.dumps(now.get(k), sort_keys=True) != json.dumps(state.settings.get(k), sort_keys=True)
+    ]
     if changed:
         listing = ", ".join(f"{k}={state.settings.get(k)!r} (now {now.get(k)!r})" for k in changed[:4])
-        raise UserError(f"checkpoint {path} was made with other settings: {listing}; resume with the same "
-                        "settings, or start a new run in another --output-dir")
+        raise UserError(
+            f"checkpoint {path} was made with other settings: {listing}; resume with the same "
+            "settings, or start a new run in another --output-dir"
+        )
     if state.num_processes != num_processes:
-        raise UserError(f"checkpoint {path} was written by {state.num_processes} process(es), this run has "
-                        f"{num_processes}: resume with `accelerate launch --num_processes {state.num_processes}`")
+        raise UserError(
+            f"checkpoint {path} was written by {state.num_processes} process(es), this run has "
+            f"{num_processes}: resume with `accelerate launch --num_processes {state.num_processes}`"
+        )
 
 
 def _load_torch(path: Path):
@@ -302,15 +334,17 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params or params[n].shape != weights[n].shape]
     if missing:
-        raise UserError(f"{where} do not fit this model (weight {missing[0]}): "
-                        "was it made with another --method or --model?")
+        raise UserError(
+            f"{where} do not fit this model (weight {missing[0]}): was it made with another --method or --model?"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
 
 
-def load_checkpoint(accelerator, path: Path, cfg: TrainConfig, model, optimizer, scheduler, method: Method
-                    ) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+def load_checkpoint(
+    accelerator, path: Path, cfg: TrainConfig, model, optimizer, scheduler, method: Method
+) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
     """Restore everything into the prepared objects; returns the bookkeeping and the best weights so far."""
     verify(path)
     state = read_state(path)
@@ -322,6 +356,8 @@ def load_checkpoint(accelerator, path: Path, cfg: TrainConfig, model, optimizer,
     if accelerator.scaler is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(_load_torch(path / "scaler.pt"))
     extra = path / METHOD_TENSORS
+    if not extra.is_file() and (path / LEGACY_METHOD_TENSORS).is_file():
+        extra = path / LEGACY_METHOD_TENSORS
     method.load_checkpoint_tensors(unwrapped, _load_safetensors(extra) if extra.is_file() else {})
     best = None
     if state.best_checkpoint is not None:

@@ -1,4 +1,5 @@
 """What a run reports: ``RunMetrics``, written as the run directory's metrics.json."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ def epoch_table(history: list[dict]) -> str:
     """The seeds' per-epoch table, as Trainer prints it in a notebook."""
     lines = ["Epoch | Training Loss | Validation Loss | Accuracy", "------|---------------|-----------------|---------"]
     for row in history:
-        lines.append(f"{row['epoch']:<5} | {row['train_loss']:<13.6f} | {row['eval_loss']:<15.6f} | "
-                     f"{row['eval_accuracy']:.4f}")
+        lines.append(
+            f"{row['epoch']:<5} | {row['train_loss']:<13.6f} | {row['eval_loss']:<15.6f} | {row['eval_accuracy']:.4f}"
+        )
     return "\n".join(lines)

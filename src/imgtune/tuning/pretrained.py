@@ -1,4 +1,5 @@
 """The pretrained base model: load it and its processor, find its classification head, resolve target names."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,12 @@ from imgtune.errors import UserError
 
 # transformers 5 renamed ViT-style projections; seeds and older checkpoints use the old names.
 TARGET_ALIASES = {
-    "query": "q_proj", "key": "k_proj", "value": "v_proj", "attention.output.dense": "o_proj",
-    "intermediate.dense": "fc1", "output.dense": "fc2",
+    "query": "q_proj",
+    "key": "k_proj",
+    "value": "v_proj",
+    "attention.output.dense": "o_proj",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
 }
 TARGET_ALIASES.update({new: old for old, new in list(TARGET_ALIASES.items())})
 HEAD_NAMES = ("classifier", "head", "fc", "heads")
@@ -71,8 +76,11 @@ def load_base_model(name: str, labels: list[str]) -> torch.nn.Module:
     load_model_config(path)
     with quiet_transformers():
         return AutoModelForImageClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={l: i for i, l in enumerate(labels)}, ignore_mismatched_sizes=True,
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={l: i for i, l in enumerate(labels)},
+            ignore_mismatched_sizes=True,
         )
 
 

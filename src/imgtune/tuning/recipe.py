@@ -5,6 +5,7 @@ The loop is written out (no Trainer) so that a method's per-step hook (AdaLoRA's
 ``accelerate launch`` scales it. ``train`` reads as the whole story; each step of it is a method of
 ``Recipe`` that a test can call on its own.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,36 @@ from imgtune.data.transforms import BatchNormalizer, ImageSpec
 from imgtune.errors import UserError
 from imgtune.inference.scoring import EvalResult, run_eval
 from imgtune.rundir import METRICS, RUN_CONFIG, adapter_bytes, save_run
-from imgtune.tuning.accelerated import (all_bad_files, find_epoch_sampler, make_accelerator, mean_step_loss,
-                                        peak_memory_mb, placeholder_loss)
-from imgtune.tuning.checkpoint import (TrainState, checkpoint_root, find_checkpoint, load_checkpoint, load_weights,
-                                       new_run_id, save_checkpoint, set_aside_earlier_runs, trainable_state)
+from imgtune.tuning.accelerated import (
+    all_bad_files,
+    find_epoch_sampler,
+    make_accelerator,
+    mean_step_loss,
+    peak_memory_mb,
+    placeholder_loss,
+)
+from imgtune.tuning.checkpoint import (
+    TrainState,
+    checkpoint_root,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    new_run_id,
+    save_checkpoint,
+    set_aside_earlier_runs,
+    trainable_state,
+)
 from imgtune.tuning.hub import check_push, push
 from imgtune.tuning.methods import get_method
 from imgtune.tuning.metrics import TIMING_FIELDS, RunMetrics, epoch_table
-from imgtune.tuning.pretrained import (check_input_size, count_parameters, load_base_model, load_model_config,
-                                       load_processor, parameter_report)
+from imgtune.tuning.pretrained import (
+    check_input_size,
+    count_parameters,
+    load_base_model,
+    load_model_config,
+    load_processor,
+    parameter_report,
+)
 
 __all__ = ["TIMING_FIELDS", "Recipe", "TrainResult", "train"]
 
@@ -100,8 +122,9 @@ class Recipe:
         self.processor = load_processor(cfg.model, load_model_config(cfg.model))
         self.spec = ImageSpec.from_processor(self.processor, cfg.image_size)
         with accelerator.local_main_process_first():  # one process per machine builds the --cache
-            self.train_loader, self.eval_loaders = build_loaders(cfg, self.data, self.spec,
-                                                                 pin_memory=accelerator.device.type == "cuda")
+            self.train_loader, self.eval_loaders = build_loaders(
+                cfg, self.data, self.spec, pin_memory=accelerator.device.type == "cuda"
+            )
         if cfg.bad_files == "strict":
             check_strict({"train": self.train_loader.dataset, **{k: v.dataset for k, v in self.eval_loaders.items()}})
 
@@ -121,15 +144,20 @@ class Recipe:
         optimizer = self.method.optimizer(self.model, cfg)
         # accelerate steps a prepared scheduler once per process, so it is sized for all of them
         processes = accelerator.num_processes
-        scheduler = get_scheduler("linear", optimizer,
-                                  num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * processes,
-                                  num_training_steps=self.total_steps * processes)
+        scheduler = get_scheduler(
+            "linear",
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * processes,
+            num_training_steps=self.total_steps * processes,
+        )
         self.model, self.optimizer, self.train_loader, self.scheduler = accelerator.prepare(
-            self.model, optimizer, self.train_loader, scheduler)
+            self.model, optimizer, self.train_loader, scheduler
+        )
         self.eval_loaders = {k: accelerator.prepare(v) for k, v in self.eval_loaders.items()}
         self.normalize = BatchNormalizer(self.spec).to(accelerator.device)
-        accelerator.init_trackers("imgtune", config={k: v for k, v in cfg.to_dict().items()
-                                                     if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "imgtune", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -140,20 +168,24 @@ class Recipe:
     def resume(self) -> None:
         """Continue from ``cfg.resume``'s checkpoint, or start afresh (setting earlier runs aside)."""
         cfg, accelerator = self.cfg, self.accelerator
-        self.state = TrainState(run_id=new_run_id(), num_processes=accelerator.num_processes,
-                                settings=cfg.result_settings())
+        self.state = TrainState(
+            run_id=new_run_id(), num_processes=accelerator.num_processes, settings=cfg.result_settings()
+        )
         checkpoint = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
         if checkpoint is None:
             self.start_afresh()
             return
-        self.state, self.best_state = load_checkpoint(accelerator, checkpoint, cfg, self.model, self.optimizer,
-                                                      self.scheduler, self.method)
+        self.state, self.best_state = load_checkpoint(
+            accelerator, checkpoint, cfg, self.model, self.optimizer, self.scheduler, self.method
+        )
         accelerator.step = self.state.accumulation_step
         if self.state.global_step:
             self.method.load_state(self.unwrapped, self.state.method_state)
         self.bad.reasons.update(self.state.bad_files)
-        self.say(f"resuming from {checkpoint} (epoch {self.state.epoch}, {self.state.batches_done} batches in, "
-                 f"step {self.state.global_step})")
+        self.say(
+            f"resuming from {checkpoint} (epoch {self.state.epoch}, {self.state.batches_done} batches in, "
+            f"step {self.state.global_step})"
+        )
 
     def start_afresh(self) -> None:
         root = checkpoint_root(self.out)
@@ -163,8 +195,10 @@ class Recipe:
         if removed:
             self.say(f"removed {removed} checkpoint(s) of a finished earlier run in {root}")
         for aside in moved:
-            self.say(f"note: moved an unfinished earlier run's checkpoints to {aside} and started afresh, as asked "
-                     f"(no --resume); `--resume {aside}/checkpoint-<step>` goes back to it")
+            self.say(
+                f"note: moved an unfinished earlier run's checkpoints to {aside} and started afresh, as asked "
+                f"(no --resume); `--resume {aside}/checkpoint-<step>` goes back to it"
+            )
         self.accelerator.wait_for_everyone()
 
     def checkpoint(self, name: str, best_is_current: bool = False) -> None:
@@ -172,8 +206,19 @@ class Recipe:
         state.accumulation_step = accelerator.step
         state.bad_files = all_bad_files(accelerator, self.bad)
         state.method_state = self.method.state(self.unwrapped)
-        save_checkpoint(accelerator, self.out, name, self.model, self.optimizer, self.scheduler, state,
-                        self.best_state, best_is_current, self.cfg.save_total_limit, self.method)
+        save_checkpoint(
+            accelerator,
+            self.out,
+            name,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            state,
+            self.best_state,
+            best_is_current,
+            self.cfg.save_total_limit,
+            self.method,
+        )
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -185,8 +230,14 @@ class Recipe:
         # a resumed epoch starts after the batches already consumed (by every process)
         done = state.batches_done * cfg.batch_size * accelerator.num_processes
         find_epoch_sampler(self.train_loader).set_position(epoch, done)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if self.progress else True,
-                   leave=False, initial=state.batches_done, total=state.batches_done + len(self.train_loader))
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=None if self.progress else True,
+            leave=False,
+            initial=state.batches_done,
+            total=state.batches_done + len(self.train_loader),
+        )
         for batch in bar:
             state.batches_done += 1
             self.bad.add(batch.skipped)
@@ -208,8 +259,10 @@ class Recipe:
                 self.checkpoint(f"checkpoint-{state.global_step}")
         state.train_seconds += time.perf_counter() - started
         if state.images_seen == 0:
-            raise UserError(f"none of the {len(self.data.train)} training images could be read; {self.bad.summary()}"
-                            f"{CSV_PATHS_HINT if str(cfg.dataset).endswith('.csv') else ''}")
+            raise UserError(
+                f"none of the {len(self.data.train)} training images could be read; {self.bad.summary()}"
+                f"{CSV_PATHS_HINT if str(cfg.dataset).endswith('.csv') else ''}"
+            )
 
     def train_step(self, batch) -> float | None:
         """Forward, backward and (every grad_accum batches) an optimizer step; the batch's mean loss."""
@@ -237,21 +290,29 @@ class Recipe:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
     def evaluate(self, split: str, bad: BadFiles | None = None) -> EvalResult:
-        return run_eval(self.model, self.eval_loaders[split], self.normalize, self.accelerator, bad, split,
-                        self.progress)
+        return run_eval(
+            self.model, self.eval_loaders[split], self.normalize, self.accelerator, bad, split, self.progress
+        )
 
     def end_epoch(self, epoch: int) -> None:
         """Validate, remember the best epoch's weights, checkpoint."""
         state = self.state
         val = self.evaluate("validation", self.bad)
-        row = {"epoch": epoch, "step": state.global_step,
-               "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1),
-               **val.metrics("eval_"), "lr": self.scheduler.get_last_lr()[0]}
+        row = {
+            "epoch": epoch,
+            "step": state.global_step,
+            "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1),
+            **val.metrics("eval_"),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
         state.history.append(row)
-        self.accelerator.log({"eval/loss": val.loss, "eval/accuracy": val.accuracy, "eval/top5": val.top5},
-                             step=state.global_step)
-        self.say(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val.loss:.4f}, "
-                 f"val accuracy {val.accuracy:.4f}, top-5 {val.top5:.4f}")
+        self.accelerator.log(
+            {"eval/loss": val.loss, "eval/accuracy": val.accuracy, "eval/top5": val.top5}, step=state.global_step
+        )
+        self.say(
+            f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val.loss:.4f}, "
+            f"val accuracy {val.accuracy:.4f}, top-5 {val.top5:.4f}"
+        )
         name = f"checkpoint-{state.global_step}"
         if val.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_epoch, state.best_checkpoint = val.accuracy, epoch, name
@@ -277,8 +338,10 @@ class Recipe:
         if self.accelerator.is_main_process:
             self.write_run(model, metrics)
             evaluated = test or final_val
-            self.say(f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; saved to {self.out} "
-                     f"({fmt_bytes(metrics.adapter_bytes)} of weights)")
+            self.say(
+                f"{'test' if test else 'validation'} accuracy {evaluated.accuracy:.4f}; saved to {self.out} "
+                f"({fmt_bytes(metrics.adapter_bytes)} of weights)"
+            )
             if self.repo_id:
                 self.say(f"pushed to {push(self.out, self.repo_id)}")
         self.accelerator.wait_for_everyone()
@@ -289,17 +352,28 @@ class Recipe:
         cfg, data, state, accelerator = self.cfg, self.data, self.state, self.accelerator
         evaluated = test or final_val
         return RunMetrics(
-            method=self.method.name, model=cfg.model, dataset=cfg.dataset, labels=data.labels,
-            precision=accelerator.mixed_precision, num_processes=accelerator.num_processes,
-            history=state.history, best_epoch=state.best_epoch,
-            validation=final_val.metrics(), test=test.metrics() if test else None,
-            trainable_params=self.trainable, total_params=self.total,
+            method=self.method.name,
+            model=cfg.model,
+            dataset=cfg.dataset,
+            labels=data.labels,
+            precision=accelerator.mixed_precision,
+            num_processes=accelerator.num_processes,
+            history=state.history,
+            best_epoch=state.best_epoch,
+            validation=final_val.metrics(),
+            test=test.metrics() if test else None,
+            trainable_params=self.trainable,
+            total_params=self.total,
             trainable_percent=100 * self.trainable / self.total,
             train_images_per_s=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
             peak_memory_mb=peak_memory_mb(accelerator.device),
-            bad_files=len(self.bad), bad_file_names=sorted(self.bad.reasons),
-            splits={"train": len(data.train), "validation": len(data.validation),
-                    "test": len(data.test) if data.test else 0},
+            bad_files=len(self.bad),
+            bad_file_names=sorted(self.bad.reasons),
+            splits={
+                "train": len(data.train),
+                "validation": len(data.validation),
+                "test": len(data.test) if data.test else 0,
+            },
             confusion_matrix=evaluated.confusion(len(data.labels)).tolist(),
             per_class_accuracy=evaluated.per_class_accuracy(len(data.labels)),
         )
@@ -313,4 +387,3 @@ class Recipe:
         metrics.wall_time_s = time.perf_counter() - self.started
         (self.out / METRICS).write_text(json.dumps(metrics.to_dict(), indent=2))
         write_run_plots(self.out, metrics.to_dict())
-

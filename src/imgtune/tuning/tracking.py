@@ -6,6 +6,7 @@ accelerate silently drops unavailable trackers and the run would log nowhere. No
 needs an account: wandb runs offline unless credentials are present, mlflow writes to a
 local store under OUT/logs unless a tracking server is configured.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,13 +20,14 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 def tracker_available(name: str) -> bool:
-    return {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
-            "mlflow": is_mlflow_available}[name]()
+    return {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}[name]()
 
 
 def wandb_has_credentials() -> bool:
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    return bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    )
 
 
 def resolve_trackers(report_to: str, logging_dir: str | Path | None = None) -> list[str]:
@@ -40,8 +42,10 @@ def resolve_trackers(report_to: str, logging_dir: str | Path | None = None) -> l
         if name not in TRACKERS:
             raise UserError(f"unknown tracker {name!r} in --report-to: use auto, none, or {', '.join(TRACKERS)}")
         if not tracker_available(name):
-            raise UserError(f"--report-to {name}: the {name} package is not installed (pip install {name}), "
-                            "or use --report-to auto/none")
+            raise UserError(
+                f"--report-to {name}: the {name} package is not installed (pip install {name}), "
+                "or use --report-to auto/none"
+            )
     if logging_dir is not None:
         prepare_environment(names, Path(logging_dir))
     return names

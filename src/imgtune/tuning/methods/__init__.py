@@ -3,6 +3,7 @@
 Adding a method is one new module here (and its test): a ``Method`` subclass with its ViT
 defaults, its peft config and whichever hooks it needs, passed to ``register``.
 """
+
 import importlib
 import pkgutil
 

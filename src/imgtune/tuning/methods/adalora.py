@@ -5,12 +5,15 @@ Everything AdaLoRA needs beyond a peft config lives here: the schedule fitted to
 layer silently keeps ``init_r``), the rank pattern that must travel with the weights, the importance
 scores a checkpoint keeps for an exact resume, and peft's false alarms on save and load.
 """
+
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterator
+from typing import Any
 
 import peft
 import torch
@@ -36,7 +39,8 @@ def fit_adalora_schedule(tinit: int, tfinal: int, total_steps: int) -> tuple[int
         )
     warnings.warn(
         f"AdaLoRA tinit={tinit}, tfinal={tfinal} do not fit {total_steps} optimizer steps; "
-        f"using tinit={new_tinit}, tfinal={new_tfinal}", stacklevel=2,
+        f"using tinit={new_tinit}, tfinal={new_tfinal}",
+        stacklevel=2,
     )
     return new_tinit, new_tfinal
 
@@ -50,8 +54,9 @@ def quiet_adalora() -> Iterator[None]:
     "LoRA tensor(s) have invalid shape ... DeepSpeed ZeRO-3 / FSDP": a module whose rank AdaLoRA
     pruned to 0 is saved as a (0, n) tensor, as it should be."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match .*lora_E",
-                                category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"The following rank_pattern keys did not match .*lora_E", category=RuntimeWarning
+        )
         warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape")
         yield
 
@@ -64,13 +69,20 @@ def allocator(model: torch.nn.Module):
 class AdaLoRA(Method):
     def peft_config(self, a: AdapterArgs) -> peft.AdaLoraConfig:
         opts = dict(a.options)
-        tinit, tfinal = fit_adalora_schedule(int(opts.pop("tinit", 200)), int(opts.pop("tfinal", 1000)),
-                                             a.total_steps)
+        tinit, tfinal = fit_adalora_schedule(int(opts.pop("tinit", 200)), int(opts.pop("tfinal", 1000)), a.total_steps)
         # AdaLoraConfig ignores ``r``: the average rank budget is ``target_r``
         return peft.AdaLoraConfig(
-            target_r=a.rank, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
-            modules_to_save=a.head_modules, total_step=a.total_steps, tinit=tinit, tfinal=tfinal,
-            init_r=int(opts.pop("init_r", 12)), deltaT=int(opts.pop("deltaT", 10)), **opts,
+            target_r=a.rank,
+            lora_alpha=a.alpha,
+            lora_dropout=a.dropout,
+            target_modules=a.target_modules,
+            modules_to_save=a.head_modules,
+            total_step=a.total_steps,
+            tinit=tinit,
+            tfinal=tfinal,
+            init_r=int(opts.pop("init_r", 12)),
+            deltaT=int(opts.pop("deltaT", 10)),
+            **opts,
         )
 
     def after_step(self, model: torch.nn.Module, step: int) -> None:
@@ -88,8 +100,11 @@ class AdaLoRA(Method):
         found = allocator(model)
         if found is None or not found.ipt:
             return {}
-        return {f"{kind}::{name}": t.detach().cpu().contiguous()
-                for kind in IMPORTANCE for name, t in getattr(found, kind).items()}
+        return {
+            f"{kind}::{name}": t.detach().cpu().contiguous()
+            for kind in IMPORTANCE
+            for name, t in getattr(found, kind).items()
+        }
 
     def load_checkpoint_tensors(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         found = allocator(model)
@@ -101,9 +116,17 @@ class AdaLoRA(Method):
             kind, name = key.split("::", 1)
             getattr(found, kind)[name] = tensor.to(device)
 
-    def quiet(self) -> ContextManager:
+    def quiet(self) -> AbstractContextManager:
         return quiet_adalora()
 
 
-register(AdaLoRA("adalora", "LoRA with SVD-style rank budget reallocated during training", rank=8, alpha=8,
-                 dropout=0.0, options={"init_r": 12, "tinit": 200, "tfinal": 1000, "deltaT": 10}))
+register(
+    AdaLoRA(
+        "adalora",
+        "LoRA with SVD-style rank budget reallocated during training",
+        rank=8,
+        alpha=8,
+        dropout=0.0,
+        options={"init_r": 12, "tinit": 200, "tfinal": 1000, "deltaT": 10},
+    )
+)

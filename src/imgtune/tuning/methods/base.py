@@ -4,12 +4,14 @@ after each optimizer step, what extra state a checkpoint keeps for it, and how i
 The recipe, the checkpoints, the run directory and the server call these hooks and never test a
 method's name; a method with training-time behaviour overrides them in its own module.
 """
+
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import peft
 import torch
@@ -77,7 +79,7 @@ class Method:
             raise UserError(f"{self.name} cannot be applied with these settings: {str(err).splitlines()[0]}") from None
 
     def optimizer(self, model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-        """AdamW over the trainable weights, with the seeds' (Trainer's) betas and epsilon."""
+        """AdamW over the trainable weights, with Trainer's defaults (betas 0.9/0.999, eps 1e-8)."""
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -102,7 +104,7 @@ class Method:
 
     # --- saving and loading ---------------------------------------------------------------
 
-    def quiet(self) -> ContextManager:
+    def quiet(self) -> AbstractContextManager:
         """Hides peft's false alarms for this method while its adapters are saved or loaded."""
         return contextlib.nullcontext()
 

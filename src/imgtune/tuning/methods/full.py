@@ -1,5 +1,6 @@
 """No adapter: every weight trained (``full``), or only the classifier head (``linear``, a linear probe).
 The run directory then holds a whole transformers model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ class Linear(Method):
         return model
 
 
-register(Full("full", "Every weight trained (no adapter): the expensive baseline", target_modules=(),
-              is_adapter=False))
-register(Linear("linear", "Backbone frozen, only the classifier head trained (linear probe)", target_modules=(),
-                is_adapter=False))
+register(Full("full", "Every weight trained (no adapter): the expensive baseline", target_modules=(), is_adapter=False))
+register(
+    Linear(
+        "linear",
+        "Backbone frozen, only the classifier head trained (linear probe)",
+        target_modules=(),
+        is_adapter=False,
+    )
+)

@@ -1,4 +1,5 @@
 """IA3: learned rescaling vectors on keys, values and the MLP output."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,12 @@ FEEDFORWARD = ("fc2", "output.dense")  # IA3 scales these layers' inputs, the ot
 class IA3(Method):
     def peft_config(self, a: AdapterArgs) -> peft.IA3Config:
         feedforward = [t for t in a.target_modules if t in FEEDFORWARD]
-        return peft.IA3Config(target_modules=a.target_modules, feedforward_modules=feedforward,
-                              modules_to_save=a.head_modules, **a.options)
+        return peft.IA3Config(
+            target_modules=a.target_modules,
+            feedforward_modules=feedforward,
+            modules_to_save=a.head_modules,
+            **a.options,
+        )
 
 
 register(IA3("ia3", "Learned rescaling of keys, values and the MLP output", target_modules=("key", "value", "fc2")))

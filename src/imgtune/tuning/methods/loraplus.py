@@ -3,6 +3,7 @@
 The adapter is plain LoRA (it saves, loads, merges and serves as LoRA); only the optimizer
 differs, built by peft's ``create_loraplus_optimizer``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,10 +30,20 @@ class LoRAPlus(Method):
         ratio = cfg.method_options.get(RATIO, self.options[RATIO])
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1:
             raise UserError(f"{RATIO} must be a number >= 1 (B's learning rate over A's), got {ratio!r}")
-        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.lr, loraplus_lr_ratio=float(ratio),
-                                         weight_decay=cfg.weight_decay)
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=cfg.lr, loraplus_lr_ratio=float(ratio), weight_decay=cfg.weight_decay
+        )
 
 
 # the paper's and peft's suggested ratio is 16; a rate for A of about half LoRA's is their advice too
-register(LoRAPlus("loraplus", "LoRA with B trained at a higher learning rate than A (LoRA+)", rank=16, alpha=16,
-                  dropout=0.1, options={RATIO: 16}, mixed_batch=True))
+register(
+    LoRAPlus(
+        "loraplus",
+        "LoRA with B trained at a higher learning rate than A (LoRA+)",
+        rank=16,
+        alpha=16,
+        dropout=0.1,
+        options={RATIO: 16},
+        mixed_batch=True,
+    )
+)

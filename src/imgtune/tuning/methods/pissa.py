@@ -10,6 +10,7 @@ peft can do this conversion (``save_pretrained(path_initial_model_for_weight_con
 but its converted file keeps only the lora_A/lora_B tensors and drops ``modules_to_save``, which
 is our classifier head; so the conversion is done here, on peft's own state dict.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,9 @@ INITIAL = "_imgtune_pissa_initial"  # the initial A0/B0, kept on the model for t
 
 def lora_factors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's lora_A/lora_B tensors by their saved names."""
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()
-            if ".lora_A." in k or ".lora_B." in k}
+    return {
+        k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items() if ".lora_A." in k or ".lora_B." in k
+    }
 
 
 def converted_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,10 +71,20 @@ class PiSSA(Method):
         save_file(converted_state(model), str(out / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         base_class = type(model.get_base_model())
         # what peft writes for a model without a task type, so AutoPeftModel can find the class
-        config.save_pretrained(str(out), auto_mapping_dict={"base_model_class": base_class.__name__,
-                                                             "parent_library": base_class.__module__})
+        config.save_pretrained(
+            str(out),
+            auto_mapping_dict={"base_model_class": base_class.__name__, "parent_library": base_class.__module__},
+        )
         model.create_or_update_model_card(str(out))
 
 
-register(PiSSA("pissa", "LoRA initialised from the principal singular vectors (PiSSA), saved as plain LoRA",
-               rank=16, alpha=16, dropout=0.0, mixed_batch=True))
+register(
+    PiSSA(
+        "pissa",
+        "LoRA initialised from the principal singular vectors (PiSSA), saved as plain LoRA",
+        rank=16,
+        alpha=16,
+        dropout=0.0,
+        mixed_batch=True,
+    )
+)
