@@ -48,7 +48,7 @@ def test_saved_config_loads_back(tmp_path):
         ("epochs: two\n", "setting epochs must be a whole number, got 'two'"),
         ("hflip: maybe\n", "setting hflip must be true or false"),
         # a negative norm would flip the gradients inside clip_grad_norm_ and train in reverse
-        ("max_grad_norm: -1\n", r"--max-grad-norm must be above 0, got -1"),
+        ("max_grad_norm: -1\n", r"--max-grad-norm must be at least 0, got -1"),
         ("warmup_ratio: 2\n", r"--warmup-ratio must be in \[0, 1\), got 2"),
         ("weight_decay: -1\n", "--weight-decay must be at least 0"),
         ("num_workers: -1\n", "--num-workers must be at least 0"),
@@ -75,3 +75,34 @@ def test_a_single_string_is_read_as_a_list(tmp_path):
     path.write_text("target_modules: all-linear\nclasses: red, green\n")
     cfg = load_config(path)
     assert cfg.target_modules == ["all-linear"] and cfg.classes == ["red", "green"]
+
+
+def test_the_recipe_keeps_every_trainer_default_the_seeds_inherit(tmp_path):
+    """The seeds write lr, epochs, batch size, eval/save per epoch and best-by-accuracy down; everything
+    else they get from TrainingArguments' defaults. Those are imgtune's defaults too, side by side here
+    so that a change on either side is noticed."""
+    import torch
+    from transformers import TrainingArguments
+
+    from imgtune.tuning.methods import get_method
+    from imgtune.tuning.recipe import SCHEDULER
+
+    trainer = TrainingArguments(output_dir=str(tmp_path))
+    ours = TrainConfig()
+    assert ours.max_grad_norm == trainer.max_grad_norm == 1.0  # gradient clipping
+    assert ours.weight_decay == trainer.weight_decay
+    assert ours.warmup_ratio == 0 and trainer.warmup_steps == 0
+    assert ours.seed == trainer.seed
+    assert SCHEDULER == trainer.lr_scheduler_type.value
+    assert trainer.optim.value.startswith("adamw_torch")
+    model = torch.nn.Linear(4, 2)
+    optimizer = get_method("lora").optimizer(model, ours)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert group["betas"] == (trainer.adam_beta1, trainer.adam_beta2) and group["eps"] == trainer.adam_epsilon
+    for preset in ("food101-lora", "food101-loha", "food101-lokr", "food101-adalora", "food101-lora-subset"):
+        assert load_config(preset).max_grad_norm == trainer.max_grad_norm, preset
+
+
+def test_clipping_can_be_turned_off():
+    assert load_config(None, max_grad_norm=0).max_grad_norm == 0

@@ -134,3 +134,26 @@ def test_unreadable_manifest_is_a_user_error(tmp_path, tiny_vit, colour_folder):
     assert find_checkpoint(out, "auto") is None  # never picked automatically
     with pytest.raises(UserError, match="unreadable COMPLETE manifest"):
         verify(find_checkpoint(out, str(newest)))
+
+
+def test_interrupted_during_validation_right_after_a_step_checkpoint(tmp_path, tiny_vit, colour_folder, monkeypatch):
+    """A step checkpoint on an epoch's last batch, then Ctrl-C while that epoch validates: the resumed
+    run has nothing left of that epoch to train (an empty sampler) and must carry on to validation."""
+    from imgtune.tuning.recipe import Recipe
+
+    # 22 training images in batches of 4: 6 steps an epoch, so save_steps=6 saves on each epoch's last batch
+    cfg = tiny_train_config(tiny_vit, colour_folder, tmp_path / "run", epochs=2, batch_size=4, save_steps=6)
+    train(cfg.replace(output_dir=str(tmp_path / "straight")))
+    validate = Recipe.end_epoch
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Recipe, "end_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"]) == (1, 6)  # the whole epoch consumed, not yet validated
+    monkeypatch.setattr(Recipe, "end_epoch", validate)
+    train(cfg.replace(resume="auto"))
+    assert_same_run(tmp_path / "straight", tmp_path / "run")

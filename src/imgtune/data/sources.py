@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from imgtune.data.decode import list_images
+from imgtune.data.folders import read_image_folder
 from imgtune.errors import UserError
 
 IMAGE_COLUMNS = ("image", "img", "picture", "path", "file", "filepath", "filename", "image_path")
@@ -33,23 +34,6 @@ def load_digits_dataset() -> datasets.DatasetDict:
         {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()}, features=features
     )
     return datasets.DatasetDict({"train": ds})
-
-
-def load_folder_dataset(folder: Path) -> datasets.DatasetDict:
-    """Class sub-folders, optionally under train/validation/test (datasets' imagefolder)."""
-    try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
-    except Exception as err:  # datasets raises several types for "nothing usable here"
-        raise UserError(
-            f"no usable images in {folder}: expected class sub-folders of images ({_first_line(err)})"
-        ) from None
-    if "label" not in next(iter(loaded.values())).column_names:
-        # imagefolder drops the label column when every image sits in one folder
-        classes = sorted({p.parent.name for p in list_images(folder)})
-        raise UserError(
-            f"{folder} has a single class ({', '.join(classes[:3])}): a classifier needs at least two class sub-folders"
-        )
-    return loaded
 
 
 CSV_PATHS_HINT = " (a CSV's relative paths are read from the CSV's own folder)"
@@ -106,24 +90,33 @@ def no_progress_bars():
             datasets.utils.enable_progress_bars()
 
 
-def load_source(spec: str) -> datasets.DatasetDict:
+@dataclass
+class Source:
+    """A dataset's splits as its source defines them, and how they were found (said to the user)."""
+
+    splits: datasets.DatasetDict
+    layout: str
+
+
+def load_source(spec: str) -> Source:
     with no_progress_bars():
         return read_source(spec)
 
 
-def read_source(spec: str) -> datasets.DatasetDict:
+def read_source(spec: str) -> Source:
     if spec == "digits":
-        return load_digits_dataset()
+        return Source(load_digits_dataset(), "scikit-learn's digits, one split")
     path = Path(spec).expanduser()
     if path.is_dir():
-        return load_folder_dataset(path)
+        return Source(*read_image_folder(path))
     if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise UserError(f"CSV file {spec} does not exist")
-        return load_csv_dataset(path)
+        return Source(load_csv_dataset(path), "CSV rows, one split")
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UserError(f"dataset {spec!r} is a path but neither a folder of images nor a .csv file")
-    return load_hub_dataset(spec)
+    hub = load_hub_dataset(spec)
+    return Source(hub, f"hub splits {', '.join(hub)}")
 
 
 def _first_line(err: Exception) -> str:

@@ -26,12 +26,16 @@ class DataSplits:
     validation: datasets.Dataset
     test: datasets.Dataset | None
     labels: list[str]
+    layout: str = ""  # how the source's own splits were found
+    carved: tuple[str, ...] = ()  # the splits imgtune made, e.g. "validation 10% of train"
 
     def summary(self) -> str:
         sizes = f"train {len(self.train):,}, validation {len(self.validation):,}"
         if self.test is not None:
             sizes += f", test {len(self.test):,}"
-        return f"{len(self.labels)} classes; {sizes}"
+        made = f" ({'; '.join(self.carved)})" if self.carved else ""
+        found = f"{self.layout}; " if self.layout else ""
+        return f"{found}{len(self.labels)} classes; {sizes}{made}"
 
 
 def detect_column(ds: datasets.Dataset, wanted: str | None, kind: type, names: tuple[str, ...], what: str) -> str:
@@ -117,10 +121,11 @@ def check_usable(ds: datasets.Dataset, where: str) -> None:
 def load_splits(cfg: TrainConfig) -> DataSplits:
     """The run's train / validation / (test) splits and class names, as ``cfg`` asks."""
     with no_progress_bars():  # filter/map/select on local data: instant, their bars only clutter ours
-        return carve_splits(load_source(cfg.dataset), cfg)
+        source = load_source(cfg.dataset)
+        return carve_splits(source.splits, cfg, source.layout)
 
 
-def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig) -> DataSplits:
+def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig, layout: str = "") -> DataSplits:
     train = pick_split(dd, cfg.train_split or ("train" if "train" in dd else next(iter(dd))), "train")
     validation = pick_split(dd, cfg.validation_split, "validation")
     test = pick_split(dd, cfg.test_split, "test")
@@ -133,16 +138,20 @@ def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig) -> DataSplits:
             None if d is None else keep_classes(d, [str(c) for c in cfg.classes]) for d in (train, validation, test)
         )
     check_usable(train, f"dataset {cfg.dataset!r}")
+    carved = []
     if test is None and cfg.test_fraction:
         train, test = stratified_split(train, cfg.test_fraction, cfg.seed)
+        carved.append(f"test {cfg.test_fraction:.0%} of train")
     if validation is None:
         train, validation = stratified_split(train, cfg.val_fraction, cfg.seed)
+        carved.append(f"validation {cfg.val_fraction:.0%} of train")
     elif cfg.test_from_validation:
         validation, test = stratified_split(validation, cfg.test_from_validation, cfg.seed)
+        carved.append(f"test {cfg.test_from_validation:.0%} of validation")
     train = limit(train, cfg.max_train_samples, cfg.seed)
     validation, test = limit(validation, cfg.max_eval_samples, cfg.seed), limit(test, cfg.max_eval_samples, cfg.seed)
     check_usable(train, "the training split")
-    return DataSplits(train, validation, test, list(train.features["label"].names))
+    return DataSplits(train, validation, test, list(train.features["label"].names), layout, tuple(carved))
 
 
 def load_eval_split(
@@ -150,7 +159,7 @@ def load_eval_split(
 ) -> datasets.Dataset:
     """One split of a dataset for ``evaluate``, relabelled to the trained model's label order."""
     with no_progress_bars():
-        return eval_split_of(load_source(spec), spec, split, labels, image_column, label_column)
+        return eval_split_of(load_source(spec).splits, spec, split, labels, image_column, label_column)
 
 
 def eval_split_of(

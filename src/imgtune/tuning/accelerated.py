@@ -43,7 +43,10 @@ def find_epoch_sampler(loader) -> EpochSampler:
     """Our sampler, under whatever batch-sampler wrappers accelerate put around it."""
     node = loader
     for _ in range(6):
-        node = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
+        # `is None`, not truthiness: a sampler that has nothing left (a resumed epoch whose batches were
+        # all consumed) has length 0 and is falsy, and the walk must not step past it
+        inner = getattr(node, "batch_sampler", None)
+        node = inner if inner is not None else getattr(node, "sampler", None)
         if node is None:
             break
         if isinstance(node, EpochSampler):

@@ -65,6 +65,8 @@ from imgtune.tuning.pretrained import (
 __all__ = ["TIMING_FIELDS", "Recipe", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
+# the learning-rate schedule of the seeds' Trainer runs (its default): linear decay after the warm-up
+SCHEDULER = "linear"
 
 
 @dataclass
@@ -145,7 +147,7 @@ class Recipe:
         # accelerate steps a prepared scheduler once per process, so it is sized for all of them
         processes = accelerator.num_processes
         scheduler = get_scheduler(
-            "linear",
+            SCHEDULER,
             optimizer,
             num_warmup_steps=int(cfg.warmup_ratio * self.total_steps) * processes,
             num_training_steps=self.total_steps * processes,
