@@ -66,7 +66,7 @@ def test_hub_dataset_offline_is_a_user_error():
 
 def test_eval_split_is_relabelled_to_the_model_order(tmp_path):
     write_class_folder(tmp_path / "sub", per_class=2, classes={"red": (255, 0, 0), "blue": (0, 0, 255)})
-    ds = load_eval_split(str(tmp_path / "sub"), None, ["red", "green", "blue"])
+    _, ds = load_eval_split(str(tmp_path / "sub"), None, ["red", "green", "blue"])
     assert ds.features["label"].names == ["red", "green", "blue"]
     assert sorted(ds["label"]) == [0, 0, 2, 2]
     write_image(tmp_path / "sub" / "purple" / "p.png", (128, 0, 128))

@@ -18,7 +18,7 @@ def unmerged_figures(run_dir, folder) -> dict:
 
     run = load_run(run_dir)
     spec = ImageSpec.from_processor(run.processor)
-    ds = load_eval_split(str(folder), None, run.labels, None, None)
+    _, ds = load_eval_split(str(folder), None, run.labels, None, None)
     loader = make_loader(ImageDataset(ds, eval_transform(spec), spec.size), 8, False, 0, 0)
     return run_eval(run.model, loader, BatchNormalizer(spec), progress=False).metrics()
 
@@ -94,3 +94,37 @@ def test_a_set_with_no_readable_image_is_a_one_line_error(lora_run, colour_folde
     (tmp_path / "rows.csv").write_text(rows)  # bare names: read from tmp_path, where there are none
     with pytest.raises(UserError, match=r"none of the \d+ images .* could be read.*CSV's own folder"):
         evaluate(str(lora_run), str(tmp_path / "rows.csv"), progress=False, device="cpu")
+
+
+def test_evaluate_without_a_dataset_scores_the_runs_own_held_out_split(tmp_path, tiny_vit, colour_folder):
+    from conftest import read_metrics, tiny_train_config
+    from imgtune.tuning.recipe import train
+
+    out = tmp_path / "run"
+    train(tiny_train_config(tiny_vit, colour_folder, out, epochs=1, test_fraction=0.2))
+    proc = run_cli("evaluate", out, "--json", "--device", "cpu", "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    scored, trained = json.loads(proc.stdout), read_metrics(out)
+    assert (scored["dataset"], scored["split"]) == (str(colour_folder), "test")
+    assert scored["count"] == trained["test"]["count"] and scored["accuracy"] == trained["test"]["accuracy"]
+    said = run_cli("evaluate", out, "--split", "validation", "--device", "cpu").stdout
+    assert f"on {trained['validation']['count']} images (validation split of {colour_folder})" in said
+
+
+def test_a_run_whose_base_moved_names_the_flag_and_base_loads_it(tmp_path, tiny_vit, colour_folder):
+    import shutil
+
+    from conftest import tiny_train_config
+    from imgtune.tuning.recipe import train
+
+    moved = shutil.copytree(tiny_vit, tmp_path / "vit")
+    out = tmp_path / "run"
+    train(tiny_train_config(moved, colour_folder, out, epochs=1))
+    before = run_cli("predict", out, colour_folder, "--json", "--device", "cpu", "--precision", "fp32")
+    shutil.move(moved, tmp_path / "vit-elsewhere")
+    for command in (("predict", out, colour_folder), ("evaluate", out), ("merge", out, "--to", tmp_path / "m")):
+        proc = run_cli(*command, "--device", "cpu") if command[0] != "merge" else run_cli(*command)
+        assert proc.returncode == 2 and "pass --base" in proc.stderr, proc.stderr
+    after = run_cli("predict", out, colour_folder, "--json", "--device", "cpu", "--precision", "fp32",
+                    "--base", tmp_path / "vit-elsewhere")  # fmt: skip
+    assert after.returncode == 0 and json.loads(after.stdout) == json.loads(before.stdout)

@@ -78,7 +78,9 @@ class TrainConfig:
     # (result_settings keeps it as a yes/no); where it lives does not
     cache: str | None = None
     # output and bookkeeping
-    output_dir: str = control("runs/imgtune")
+    # None: runs/<model>-<method>-<dataset>-<time>, a directory of the run's own (imgtune.preflight)
+    output_dir: str | None = control()
+    overwrite: bool = control(False)  # replace a finished run with other settings in output_dir
     logging_steps: int = control(10)
     report_to: str = control("auto")
     save_steps: int | None = control()

@@ -56,6 +56,7 @@ def demo_configs(out: Path, epochs: int | None = None) -> tuple[TrainConfig, Tra
         seed=0,
         report_to="none",
         logging_steps=5,
+        overwrite=True,  # the demo's folders are the demo's: a rerun replaces them
     )
     backbone = TrainConfig(
         model=str(out / "untrained"),

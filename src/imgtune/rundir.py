@@ -40,6 +40,19 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if isinstance(model, peft.PeftModel) else model
 
 
+# everything train writes at the top of a run directory (checkpoints/ and logs/ have their own rules)
+RUN_FILES = (
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, "adapter_model.bin", "model.safetensors", "pytorch_model.bin", "config.json",
+    "preprocessor_config.json", RUN_CONFIG, METRICS, "bad_files.txt", "README.md", "report.html",
+    "training_curves.png", "confusion_matrix.png",
+)  # fmt: skip
+
+
+def clear_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def save_run(out: Path, model: torch.nn.Module, processor, method: Method) -> None:
     out.mkdir(parents=True, exist_ok=True)
     method.save(model, out)  # peft: adapter only; plain model: full weights
@@ -86,7 +99,22 @@ def check_head_size(out: Path, num_labels: int) -> None:
                     )
 
 
-def load_run(path: str | Path) -> LoadedRun:
+def recorded_base(out: Path, base: str | None) -> str:
+    """The base model an adapter run loads onto: ``base`` when given (the same model moved or copied),
+    else the one recorded at training time, which must still be there."""
+    if base is not None:
+        return base
+    recorded = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
+    if recorded and recorded.startswith("/") and not Path(recorded).is_dir():
+        raise UserError(
+            f"{out} was trained on {recorded}, which is not there any more: pass --base with the "
+            "directory (or hub id) of the same model"
+        )
+    return recorded
+
+
+def load_run(path: str | Path, base: str | None = None) -> LoadedRun:
+    """A run directory loaded for inference; ``base`` replaces an adapter run's recorded base model."""
     out = Path(path).expanduser()
     if not (out / "config.json").is_file():
         raise UserError(f"{out} is not an imgtune output directory (no config.json): pass the --output-dir of a run")
@@ -95,9 +123,8 @@ def load_run(path: str | Path) -> LoadedRun:
     is_adapter = (out / ADAPTER_CONFIG).is_file()
     if is_adapter:
         check_head_size(out, len(labels))
-        base = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
         with method_of(out).quiet():
-            model = peft.PeftModel.from_pretrained(load_base_model(base, labels), out)
+            model = peft.PeftModel.from_pretrained(load_base_model(recorded_base(out, base), labels), out)
     else:
         with quiet_transformers():
             model = AutoModelForImageClassification.from_pretrained(out)

@@ -99,6 +99,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="no horizontal flips (text, digits, anything with a handedness)",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="replace a finished run with other settings in --output-dir",
+    )
+    parser.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -110,6 +116,15 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> TrainConfig:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", *exclude)}
     return load_config(args.config, **overrides)
+
+
+def add_base_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="the base model (directory or hub id) to load an adapter run onto, when the one it was trained on "
+        "has moved (default: the one recorded in the run)",
+    )
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from imgtune.cli.common import add_train_flags, config_from_args, csv_list
-from imgtune.config import TrainConfig
 from imgtune.errors import UserError
 
 
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         title = "imgtune compare: demo (digits 5-9 on a ViT trained on digits 0-4)"
     else:
         shared = config_from_args(args, exclude=extra)
-        given = "output_dir" in vars(args) or shared.output_dir != TrainConfig.output_dir  # flag or YAML
-        out = Path(shared.output_dir if given else DEFAULT_OUTPUT)
+        out = Path(shared.output_dir or DEFAULT_OUTPUT)  # flag or YAML, else compare's own default
         title = f"imgtune compare: {Path(shared.dataset).name} on {Path(shared.model).name}"
     runs = compare(Plan(shared, methods, out, title, args.rerun))
     failed = [r for r in runs if r.metrics is None]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from imgtune.cli.common import add_base_flag
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run to ONNX (adapter merged), optionally int8-quantized")
@@ -13,6 +15,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx with dynamic int8 quantization")
     p.add_argument("--dataset", help="with --int8: measure fp32 vs int8 ONNX accuracy on this dataset")
     p.add_argument("--split", help="split of --dataset (default: test, else validation)")
+    add_base_flag(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -20,7 +23,7 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgtune.inference.export import export
 
-    s = export(args.output_dir, args.onnx, args.int8, args.dataset, args.split)
+    s = export(args.output_dir, args.onnx, args.int8, args.dataset, args.split, args.base)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0

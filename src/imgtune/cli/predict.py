@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from imgtune.cli.common import add_inference_flags
+from imgtune.cli.common import add_base_flag, add_inference_flags
 
 
 def add_command(subparsers) -> None:
@@ -17,6 +17,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--strict", action="store_true", help="fail if any image in a folder is unreadable")
     add_inference_flags(p)
+    add_base_flag(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         "strict" if args.strict else "skip",
         precision=args.precision,
         device=args.device,
+        base=args.base,
     )
     if args.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))

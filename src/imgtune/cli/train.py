@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imgtune.cli.common import add_train_flags, config_from_args
+from imgtune.preflight import preflight
 
 
 def add_command(subparsers) -> None:
@@ -18,7 +19,8 @@ def add_command(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = preflight(config_from_args(args))  # mistakes found before torch and the model load
     from imgtune.tuning.recipe import train
 
-    train(config_from_args(args))
+    train(cfg)
     return 0

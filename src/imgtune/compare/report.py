@@ -188,9 +188,24 @@ img { max-width: 100%; height: auto; display: block; margin: .5rem 0 1.5rem; }
 """
 
 
-def _img(figs: Figures, name: str, alt: str) -> str:
-    data = base64.b64encode(figs.pngs[name]).decode("ascii")
+def img_tag(png: bytes, alt: str) -> str:
+    """A PNG inline as base64: the page stays one file."""
+    data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _img(figs: Figures, name: str, alt: str) -> str:
+    return img_tag(figs.pngs[name], alt)
+
+
+def page_head(title: str, css: str = CSS) -> list[str]:
+    """The opening of a self-contained page: its CSS in a <style> block, nothing fetched."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{css}</style></head><body>",
+    ]
 
 
 def render_html(
@@ -199,14 +214,7 @@ def render_html(
     esc = html.escape
     header, rows = table_rows(runs)
     best = best_methods(runs)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        '<dl class="settings">',
-    ]
+    parts = [*page_head(title), f"<h1>{esc(title)}</h1>", '<dl class="settings">']
     parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in settings_lines(settings)]
     parts += ["</dl>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for run, row in zip(runs, rows):

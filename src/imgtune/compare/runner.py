@@ -188,7 +188,8 @@ def compare(plan: Plan):
     try:
         for i, name in enumerate(plan.methods, 1):
             run_dir = out / name
-            cfg = plan.shared.replace(method=name, output_dir=str(run_dir))
+            # the comparison owns its method folders: a stale one is retrained in place
+            cfg = plan.shared.replace(method=name, output_dir=str(run_dir), overwrite=True)
             log.info(f"== compare {i}/{len(plan.methods)}: {name} -> {run_dir}")
             metrics, error, reused = run_method(
                 cfg, run_dir, out / CONFIGS_DIR / f"{name}.yaml", method_hash(plan.shared, name), plan.rerun

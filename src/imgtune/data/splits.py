@@ -156,20 +156,22 @@ def carve_splits(dd: datasets.DatasetDict, cfg: TrainConfig, layout: str = "") -
 
 def load_eval_split(
     spec: str, split: str | None, labels: list[str], image_column=None, label_column=None
-) -> datasets.Dataset:
-    """One split of a dataset for ``evaluate``, relabelled to the trained model's label order."""
+) -> tuple[str, datasets.Dataset]:
+    """(name, split) of a dataset for ``evaluate``, relabelled to the trained model's label order:
+    ``split``, else test, else validation, else the only one."""
     with no_progress_bars():
         return eval_split_of(load_source(spec).splits, spec, split, labels, image_column, label_column)
 
 
 def eval_split_of(
     dd: datasets.DatasetDict, spec: str, split: str | None, labels: list[str], image_column=None, label_column=None
-) -> datasets.Dataset:
-    ds = (
-        pick_split(dd, split, split or "test")
-        if split
-        else (pick_split(dd, None, "test") or pick_split(dd, None, "validation") or dd[next(iter(dd))])
-    )
+) -> tuple[str, datasets.Dataset]:
+    if split:
+        name = split
+    else:
+        roles = [n for role in ("test", "validation") for n in SPLIT_ALIASES[role] if n in dd]
+        name = roles[0] if roles else next(iter(dd))
+    ds = pick_split(dd, name, name)
     if ds is None:
         raise UserError(f"dataset {spec!r} has no {split!r} split (it has {', '.join(dd)})")
     ds = standardize(ds, image_column, label_column)
@@ -177,4 +179,4 @@ def eval_split_of(
     unknown = sorted(set(names) - set(labels))
     if unknown:
         raise UserError(f"dataset {spec!r} has classes the model does not know: {unknown[:10]}")
-    return keep_classes(ds, labels, allow_missing=True) if names != labels else ds
+    return name, keep_classes(ds, labels, allow_missing=True) if names != labels else ds

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import datasets
+import yaml
+
+from imgtune.config import TrainConfig
 from imgtune.data.badfiles import BadFiles, check_strict
 from imgtune.data.loading import image_dataset, make_loader
 from imgtune.data.sources import CSV_PATHS_HINT
-from imgtune.data.splits import load_eval_split
+from imgtune.data.splits import load_eval_split, load_splits
 from imgtune.data.workers import loader_workers
 from imgtune.errors import UserError, check_counts
 from imgtune.inference.precision import inference_autocast
 from imgtune.inference.predict import Predictor
 from imgtune.inference.scoring import run_eval
+from imgtune.rundir import RUN_CONFIG
 
 
 def evaluate(
-    output_dir: str,
-    dataset: str,
+    output_dir: str | Path,
+    dataset: str | None = None,
     split: str | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -27,14 +34,19 @@ def evaluate(
     device: str | None = None,
     precision: str = "auto",
     cache: str | None = None,
+    base: str | None = None,
 ) -> dict:
     """Evaluate a trained run (adapter or full model directory) on a dataset split, on ``device``
-    (default: the GPU when there is one) with the adapter folded into the base, as predict does."""
-
+    (default: the GPU when there is one) with the adapter folded into the base, as predict does.
+    Without ``dataset``, the run's own held-out split (test, else validation), made again from its
+    recorded settings. The result names the dataset and split it scored."""
     check_counts(batch_size=batch_size, num_workers=num_workers)
-    predictor = Predictor.from_dir(output_dir, device, precision)
+    predictor = Predictor.from_dir(output_dir, device, precision, base=base)
     run, spec = predictor.run, predictor.spec
-    ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
+    if dataset is None:
+        dataset, split, ds = recorded_split(Path(output_dir), split)
+    else:
+        split, ds = load_eval_split(dataset, split, run.labels, image_column, label_column)
     images = image_dataset(ds, predictor.transform, spec.size, cache, "eval", progress)
     if bad_files == "strict":
         check_strict({"eval": images})
@@ -48,10 +60,26 @@ def evaluate(
             f"none of the {len(ds)} images in {dataset} could be read; {bad.summary()}"
             f"{CSV_PATHS_HINT if str(dataset).endswith('.csv') else ''}"
         )
-    metrics = result.metrics()
+    metrics = {"dataset": dataset, "split": split, **result.metrics()}
     metrics.update(
         per_class_accuracy=dict(zip(run.labels, result.per_class_accuracy(len(run.labels)))),
         bad_files=len(bad),
         bad_file_names=sorted(bad.reasons),
     )
     return metrics
+
+
+def recorded_split(out: Path, split: str | None) -> tuple[str, str, datasets.Dataset]:
+    """(dataset, split name, split) the run held out, rebuilt from its imgtune.yaml: the same seeded
+    carving gives the same images."""
+    if not (out / RUN_CONFIG).is_file():
+        raise UserError(f"{out} records no training settings ({RUN_CONFIG}): pass --dataset to evaluate on")
+    cfg = TrainConfig(**(yaml.safe_load((out / RUN_CONFIG).read_text()) or {}))
+    data = load_splits(cfg)
+    if split not in (None, "test", "validation"):
+        raise UserError(f"without --dataset the run's own splits are test and validation, not {split!r}")
+    name = split or ("test" if data.test is not None else "validation")
+    chosen = data.test if name == "test" else data.validation
+    if chosen is None:
+        raise UserError("the run held out no test split: use --split validation, or pass --dataset")
+    return cfg.dataset, name, chosen

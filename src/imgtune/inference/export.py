@@ -186,7 +186,7 @@ def onnx_accuracy(
     onnx_files: dict[str, Path], run: LoadedRun, dataset: str, split: str | None, batch_size: int = 64
 ) -> dict[str, float]:
     """Top-1 accuracy of each ONNX file on a dataset split, with imgtune's eval preprocessing."""
-    ds = load_eval_split(dataset, split, run.labels, None, None)
+    _, ds = load_eval_split(dataset, split, run.labels, None, None)
     spec = ImageSpec.from_processor(run.processor)
     normalize = BatchNormalizer(spec)
     sessions = {name: session(p) for name, p in onnx_files.items()}
@@ -204,12 +204,17 @@ def onnx_accuracy(
 
 
 def export(
-    out: str | Path, onnx_path: str | Path, int8: bool = False, dataset: str | None = None, split: str | None = None
+    out: str | Path,
+    onnx_path: str | Path,
+    int8: bool = False,
+    dataset: str | None = None,
+    split: str | None = None,
+    base: str | None = None,
 ) -> dict:
     """ONNX (and int8) files of a run, each checked; with ``dataset``, their accuracy on it."""
     if dataset and not int8:
         raise UserError("--dataset measures the int8 accuracy change: add --int8")
-    run = load_run(out)  # read once: the merge, the export and the accuracy check share it
+    run = load_run(out, base)  # read once: the merge, the export and the accuracy check share it
     summary = export_onnx(run, onnx_path)
     path = Path(summary["onnx"])
     if int8:

@@ -12,6 +12,7 @@ import peft
 import torch
 
 from imgtune.errors import UserError
+from imgtune.modelcard import write_merged_card
 from imgtune.rundir import LoadedRun, load_run
 
 
@@ -51,13 +52,15 @@ def merged_model(run: LoadedRun) -> torch.nn.Module:
     return fold_adapter(run.model).eval()
 
 
-def merge(out: str | Path, to: str | Path) -> Path:
+def merge(out: str | Path, to: str | Path, base: str | None = None) -> Path:
+    """Save the run's adapter folded into its base (or ``base``) as a plain transformers model in ``to``."""
     target = Path(to).expanduser()
     if target.resolve() == Path(out).expanduser().resolve():
         raise UserError("--to must be a new directory, not the run's own output directory")
-    run = load_run(out)
+    run = load_run(out, base)
     model, processor = merged_model(run), run.processor
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)  # config.json carries id2label/label2id
     processor.save_pretrained(target)
+    write_merged_card(out, target)
     return target

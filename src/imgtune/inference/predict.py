@@ -44,9 +44,15 @@ class Predictor:
 
     @classmethod
     def from_dir(
-        cls, output_dir: str | Path, device: str | None = None, precision: str = "auto", merge: bool = True
+        cls,
+        output_dir: str | Path,
+        device: str | None = None,
+        precision: str = "auto",
+        merge: bool = True,
+        base: str | None = None,
     ) -> Predictor:
-        return cls(load_run(output_dir), device, precision, merge)
+        """The run in ``output_dir``; ``base`` replaces an adapter run's recorded base model."""
+        return cls(load_run(output_dir, base), device, precision, merge)
 
     @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -103,6 +109,7 @@ def predict(
     predictor: Predictor | None = None,
     precision: str = "auto",
     device: str | None = None,
+    base: str | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict images and folders. A file named explicitly must be readable (else UserError);
     unreadable files found in folders are skipped and returned, or refused under ``strict``."""
@@ -117,5 +124,5 @@ def predict(
         check_strict({"inputs": found})  # names every unreadable file, as train and evaluate do
     if not explicit and not found:
         raise UserError(f"no images in {', '.join(inputs)}")
-    predictor = predictor or Predictor.from_dir(output_dir, device, precision)
+    predictor = predictor or Predictor.from_dir(output_dir, device, precision, base=base)
     return predictor.predict(explicit + found, top_k, batch_size)

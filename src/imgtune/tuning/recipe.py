@@ -30,7 +30,9 @@ from imgtune.data.splits import load_splits
 from imgtune.data.transforms import BatchNormalizer, ImageSpec
 from imgtune.errors import UserError
 from imgtune.inference.scoring import EvalResult, run_eval
-from imgtune.rundir import METRICS, RUN_CONFIG, adapter_bytes, save_run
+from imgtune.modelcard import write_run_docs
+from imgtune.preflight import preflight
+from imgtune.rundir import METRICS, RUN_CONFIG, adapter_bytes, clear_run_files, save_run
 from imgtune.tuning.accelerated import (
     all_bad_files,
     find_epoch_sampler,
@@ -78,7 +80,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset`` and write the run directory ``cfg.output_dir``."""
-    recipe = Recipe(cfg)
+    recipe = Recipe(preflight(cfg))
     recipe.setup()
     recipe.resume()
     for epoch in range(recipe.state.epoch, cfg.epochs + 1):
@@ -381,6 +383,7 @@ class Recipe:
         )
 
     def write_run(self, model: torch.nn.Module, metrics: RunMetrics) -> None:
+        clear_run_files(self.out)  # an earlier run's files (a full model, bad_files.txt) never survive beside ours
         save_run(self.out, model, self.processor, self.method)
         self.cfg.save(self.out / RUN_CONFIG)
         if len(self.bad):
@@ -389,3 +392,4 @@ class Recipe:
         metrics.wall_time_s = time.perf_counter() - self.started
         (self.out / METRICS).write_text(json.dumps(metrics.to_dict(), indent=2))
         write_run_plots(self.out, metrics.to_dict())
+        write_run_docs(self.out)  # after save_run: replaces peft's template README.md
