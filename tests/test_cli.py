@@ -141,3 +141,27 @@ def test_our_warnings_are_one_line_and_libraries_keep_theirs():
     assert ours.getvalue() == "imgtune: warning: tinit scaled\n"
     show_warning(UserWarning("from peft"), UserWarning, "/site-packages/peft/tuners/x.py", 7, theirs)
     assert "x.py:7: UserWarning: from peft" in theirs.getvalue()
+
+
+def test_version_help_defaults_and_examples_for_every_command(capsys):
+    from imgtune import __version__
+    from imgtune.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"imgtune {__version__}"
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        text = parser.format_help()
+        assert "examples:\n  " in text and f"imgtune {name}" in text.split("examples:")[1], name
+    train_help = commands["train"].format_help()
+    assert "(default: 0.005)" in train_help and "(default: 1.0)" in train_help  # lr, max_grad_norm
+    assert "(default: 64)" in commands["evaluate"].format_help()
+
+
+def test_a_mistyped_flag_gets_the_commands_usage_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--lrr", "0.1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: imgtune train") and "--lrr (did you mean --lr?)" in err and "0.1" not in err

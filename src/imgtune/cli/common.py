@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import MISSING, fields
 
 from imgtune.config import PRECISIONS, TrainConfig, load_config
 
@@ -81,8 +82,13 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file or preset name (see `imgtune presets`)")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for flag, (kind, text) in TRAIN_FLAGS.items():
-        parser.add_argument(flag, type=kind, help=text, default=argparse.SUPPRESS)
+        default = defaults.get(flag[2:].replace("-", "_"))
+        # flags stay unset unless given (a --config file's value must win over a default), so the help
+        # says TrainConfig's default itself
+        shown = f"{text} (default: {default})" if default not in (None, MISSING) else text
+        parser.add_argument(flag, type=kind, help=shown.replace("%", "%%"), default=argparse.SUPPRESS)
     parser.add_argument(
         "--strict",
         dest="bad_files",

@@ -8,6 +8,11 @@ from pathlib import Path
 from imgtune.cli.common import add_train_flags, config_from_args, csv_list
 from imgtune.errors import UserError
 
+EXAMPLES = (
+    "imgtune compare --demo --methods lora,loha,lokr",
+    "imgtune compare --config food101-lora-subset --methods lora,adalora --output-dir runs/cmp",
+)
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(

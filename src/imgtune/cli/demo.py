@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLES = (
+    "imgtune demo",
+    "imgtune demo --output-dir /tmp/demo",
+)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("demo", help="offline end-to-end run on scikit-learn's digits")

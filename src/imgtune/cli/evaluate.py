@@ -8,6 +8,11 @@ import sys
 
 from imgtune.cli.common import add_base_flag, add_inference_flags
 
+EXAMPLES = (
+    "imgtune evaluate runs/photos                      # the run's own held-out split",
+    "imgtune evaluate runs/photos --dataset photos-test/ --json",
+)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a trained run on a dataset split")

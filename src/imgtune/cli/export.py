@@ -7,6 +7,11 @@ import json
 
 from imgtune.cli.common import add_base_flag
 
+EXAMPLES = (
+    "imgtune export runs/photos --onnx export/photos.onnx",
+    "imgtune export runs/photos --onnx export/photos.onnx --int8 --dataset photos-test/",
+)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run to ONNX (adapter merged), optionally int8-quantized")

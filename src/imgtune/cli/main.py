@@ -8,12 +8,14 @@ where imgtune's log messages go.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from imgtune import __version__
 from imgtune.cli import compare, demo, evaluate, export, merge, methods, predict, presets, serve, train
 from imgtune.errors import UserError
 
@@ -22,16 +24,51 @@ COMMANDS = (train, evaluate, predict, demo, presets, methods, compare, merge, ex
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their lines; every option with a real default says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = (None, False, argparse.SUPPRESS)
+        if "%(default)" in text or not action.option_strings or action.default in quiet:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgtune",
         description="Fine-tune image classifiers with parameter-efficient adapters, then "
         "evaluate, merge, export and serve them.",
+        epilog="examples:\n  imgtune demo\n  imgtune train --config food101-lora --dataset photos/ --epochs 3\n"
+        "  imgtune COMMAND --help",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"imgtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
+        before = set(sub.choices)
         command.add_command(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].formatter_class = HelpFormatter
+            sub.choices[name].epilog = "examples:\n" + "\n".join(f"  {line}" for line in command.EXAMPLES)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse reports a mistyped option with the top-level usage; here it is the command's usage and
+    the closest real option."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser._subparsers._group_actions[0].choices[args.command]  # the chosen command's parser
+        options = [o for a in command._actions for o in a.option_strings]
+        hints = []
+        flags = [u for u in unknown if u.startswith("-")] or unknown  # a mistyped flag's value is not news
+        for flag in flags:
+            close = difflib.get_close_matches(flag.split("=")[0], options, n=1) if flag.startswith("-") else []
+            hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        command.error(f"unrecognized argument(s): {', '.join(hints)}")
+    return args
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -80,7 +117,7 @@ def configure_process() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     configure_process()
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         return args.func(args)
     except UserError as err:

@@ -6,6 +6,8 @@ import argparse
 
 from imgtune.cli.common import add_base_flag
 
+EXAMPLES = ("imgtune merge runs/photos --to runs/photos-merged",)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("merge", help="merge an adapter into its base model and save a plain model")

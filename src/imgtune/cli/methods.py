@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLES = (
+    "imgtune methods",
+    "imgtune train --method pissa --dataset photos/ --model ./my-vit",
+)
+
 
 def add_command(subparsers) -> None:
     subparsers.add_parser("methods", help="list fine-tuning methods and their defaults").set_defaults(func=run)

@@ -8,6 +8,11 @@ import sys
 
 from imgtune.cli.common import add_base_flag, add_inference_flags
 
+EXAMPLES = (
+    "imgtune predict runs/photos cat.jpg more-photos/ --top-k 3",
+    "imgtune predict runs/photos photos/ --json --base ./moved-vit",
+)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("predict", help="classify images or folders of images")

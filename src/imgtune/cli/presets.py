@@ -6,6 +6,11 @@ import argparse
 
 from imgtune.config import PRESETS_DIR, list_presets
 
+EXAMPLES = (
+    "imgtune presets",
+    "imgtune train --config food101-lokr --dataset photos/",
+)
+
 
 def add_command(subparsers) -> None:
     subparsers.add_parser("presets", help="list bundled config presets").set_defaults(func=run)

@@ -34,6 +34,12 @@ def parse_adapters(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+EXAMPLES = (
+    "imgtune serve --base ./my-vit --adapter food=runs/food --adapter birds=runs/birds",
+    'curl -F file=@cat.jpg "http://127.0.0.1:8000/v1/classify?adapter=food"',
+)
+
+
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("serve", help="HTTP server: one base model, many adapters, micro-batched")
     p.add_argument("--base", required=True, help="base model (hub id or directory) the adapters were trained on")

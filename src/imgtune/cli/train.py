@@ -7,6 +7,12 @@ import argparse
 from imgtune.cli.common import add_train_flags, config_from_args
 from imgtune.preflight import preflight
 
+EXAMPLES = (
+    "imgtune train --config food101-lora --dataset photos/ --epochs 3 --output-dir runs/photos",
+    "imgtune train --model ./my-vit --dataset data.csv --method loha --rank 8 --no-hflip",
+    "imgtune train --config runs/photos/imgtune.yaml --resume auto",
+)
+
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser(
