@@ -18,7 +18,8 @@ import torch
 
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
-from imgtune.tuning.pretrained import head_modules, resolve_targets
+from imgtune.tuning.families import choose_targets
+from imgtune.tuning.pretrained import head_modules
 
 ATTN_QV = ("query", "value")
 
@@ -57,14 +58,16 @@ class Method:
         raise NotImplementedError(f"{self.name} builds no peft config")
 
     def adapter_args(self, model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> AdapterArgs:
-        """The method's defaults with the config's choices on top, target names resolved for this model."""
+        """The method's defaults with the config's choices on top, target names resolved for this model
+        (without --target-modules, a model lacking the method's ViT targets gets its family's: families.py)."""
         head = head_modules(model)
-        targets = list(cfg.target_modules) if cfg.target_modules else list(self.target_modules)
+        adapters = [name for name, method in METHODS.items() if method.is_adapter]  # named in hints
+        targets = choose_targets(model, self.name, cfg.target_modules, list(self.target_modules), head, adapters)
         return AdapterArgs(
             rank=int(cfg.rank if cfg.rank is not None else self.rank),
             alpha=float(cfg.alpha if cfg.alpha is not None else self.alpha),
             dropout=float(cfg.dropout if cfg.dropout is not None else self.dropout),
-            target_modules=resolve_targets(model, targets, head),
+            target_modules=targets,
             head_modules=head,
             options={**self.options, **cfg.method_options},
             total_steps=total_steps,

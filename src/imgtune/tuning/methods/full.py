@@ -9,7 +9,7 @@ import torch
 
 from imgtune.config import TrainConfig
 from imgtune.tuning.methods.base import Method, register
-from imgtune.tuning.pretrained import head_modules
+from imgtune.tuning.pretrained import head_modules, is_under
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Linear(Method):
     def apply(self, model: torch.nn.Module, cfg: TrainConfig, total_steps: int) -> torch.nn.Module:
         head = head_modules(model)
         for name, param in model.named_parameters():
-            param.requires_grad_(name.split(".")[0] in head)
+            param.requires_grad_(is_under(name, head))
         return model
 
 
