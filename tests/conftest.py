@@ -78,6 +78,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     )
 
 
+def one_error_line(err: str) -> str:
+    """The error is one line, the last; before it only imgtune's own one-line warnings (settings fitted
+    to the data may warn before a later check fails), never a traceback."""
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("imgtune: error: "), err
+    assert all(line.startswith("imgtune: warning: ") for line in lines[:-1]), err
+    return lines[-1] + "\n"
+
+
 def tiny_train_config(model: Path, dataset: Path, out: Path, **overrides):
     from imgtune.config import TrainConfig
 

@@ -120,3 +120,39 @@ def test_strict_on_a_cache_names_every_file_from_the_cache_without_decoding_agai
     with pytest.raises(UserError) as evaluated:  # evaluate's own cache of the whole folder
         evaluate(str(skip_run), str(folder), bad_files="strict", cache=str(cache), progress=False, device="cpu")
     assert all(path in str(evaluated.value) for path in unreadable)
+
+
+def test_fifos_named_like_images_are_counted_and_never_opened(tmp_path, tiny_vit):
+    """A FIFO blocks whoever opens it: in a folder or a CSV it is skipped as unreadable, unopened."""
+    import os
+
+    from imgtune.tuning.recipe import train
+
+    folder = write_class_folder(tmp_path / "data", per_class=6)
+    os.mkfifo(folder / "red" / "pipe.jpg")
+    csv = tmp_path / "rows.csv"
+    rows = [f"{p},{p.parent.name}" for p in sorted(folder.rglob("*.*"))]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    for dataset, out in ((folder, "from-folder"), (csv, "from-csv")):
+        metrics = train(tiny_train_config(tiny_vit, dataset, tmp_path / out, epochs=1)).metrics
+        assert any(name.endswith("pipe.jpg") for name in metrics["bad_file_names"]), metrics["bad_file_names"]
+    reason = (tmp_path / "from-folder" / "bad_files.txt").read_text()
+    assert "not a regular file" in reason
+
+
+def test_data_root_confines_a_csvs_rows(tmp_path):
+    from imgtune.config import TrainConfig
+    from imgtune.data.splits import load_splits
+    from imgtune.errors import UserError
+
+    inside = write_class_folder(tmp_path / "root" / "data", per_class=3)
+    outside = write_class_folder(tmp_path / "elsewhere", per_class=1)
+    csv = tmp_path / "root" / "rows.csv"
+    rows = [f"{p},{p.parent.name}" for p in sorted(inside.rglob("*.*"))]
+    csv.write_text("\n".join(rows) + "\n")
+    assert len(load_splits(TrainConfig(dataset=str(csv), data_root=str(tmp_path / "root"))).train) > 0
+    csv.write_text("\n".join(rows + ["../elsewhere/red/red_0.jpg,red"]) + "\n")
+    assert outside.exists()
+    with pytest.raises(UserError, match=r"1 row\(s\) of .* point outside --data-root"):
+        load_splits(TrainConfig(dataset=str(csv), data_root=str(tmp_path / "root")))
+    assert len(load_splits(TrainConfig(dataset=str(csv))).train) > 0  # without it, documented: rows are read

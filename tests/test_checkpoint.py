@@ -9,7 +9,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from conftest import read_metrics, run_cli, tiny_train_config
+from conftest import one_error_line, read_metrics, run_cli, tiny_train_config
 from imgtune.errors import UserError
 from imgtune.tuning.checkpoint import MANIFEST, complete_checkpoints, find_checkpoint
 from imgtune.tuning.recipe import TIMING_FIELDS, train
@@ -132,6 +132,28 @@ def test_partial_and_damaged_checkpoints(capsys, tmp_path, tiny_vit, colour_fold
         "0",
     ]
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "is damaged (optimizer.pt does not match its manifest)" in err and err.count("\n") == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "is damaged (optimizer.pt does not match its manifest)" in err
     assert (newest / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("tamper", ["emptied", "dropped", "extra"])
+def test_a_manifest_cannot_be_emptied_or_cut_short(tmp_path, tiny_vit, colour_folder, tamper):
+    """The manifest must list every file its format requires and every file there is: a swapped
+    optimizer state with its line removed from the manifest is refused, not resumed."""
+    from imgtune.tuning.checkpoint import verify
+
+    out = tmp_path / "run"
+    train(tiny_train_config(tiny_vit, colour_folder, out, epochs=1))
+    checkpoint = complete_checkpoints(out / "checkpoints")[-1]
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    if tamper == "emptied":
+        manifest["files"] = {}
+    elif tamper == "dropped":
+        del manifest["files"]["optimizer.pt"]
+        (checkpoint / "optimizer.pt").write_bytes(b"swapped")
+    else:
+        (checkpoint / "planted.pt").write_bytes(b"x")
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="is damaged"):
+        verify(checkpoint)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from transformers import BertConfig
 
-from conftest import read_metrics, run_cli, write_class_folder
+from conftest import one_error_line, read_metrics, run_cli, write_class_folder
 from imgtune.cli.main import main
 
 
@@ -62,9 +62,7 @@ def not_a_classifier(tmp_path_factory):
 
 def error_of(capsys, *argv) -> str:
     assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("imgtune: error: ") and err.count("\n") == 1, err
-    return err
+    return one_error_line(capsys.readouterr().err)
 
 
 def test_error_matrix(capsys, tmp_path, tiny_vit, colour_folder, not_a_classifier):

@@ -43,10 +43,11 @@ class TrainConfig:
     target_modules: list[str] | None = None
     dropout: float | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
-    # optimisation
-    lr: float = 5e-3
-    epochs: int = 5
-    batch_size: int = 128
+    # optimisation; None (and lr/precision "auto") means "fitted to the data, model and device when the
+    # run starts" (imgtune.tuning.autoconfig): the resolved values are what the run records
+    lr: float | str = 5e-3  # a number, or "auto": a learning-rate range test picks it
+    epochs: int | None = None
+    batch_size: int | None = None
     eval_batch_size: int | None = control()
     grad_accum: int = 1
     weight_decay: float = 0.0
@@ -69,11 +70,14 @@ class TrainConfig:
     image_column: str | None = None
     label_column: str | None = None
     image_size: int | None = None
-    hflip: bool = True
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    hflip: bool | None = None
+    crop_scale: list[float] | None = None
     # augmentation is seeded per sample (data.sampler.EpochSampler): any worker count gives the same run
     num_workers: int | None = control()
     bad_files: str = "skip"
+    # confine a CSV's rows to this folder (rows outside are refused); without it, relative paths are read
+    # from the CSV's folder and absolute ones as they are
+    data_root: str | None = control()
     # cached images are pre-shrunk (other pixels), so whether there is a cache shapes the result
     # (result_settings keeps it as a yes/no); where it lives does not
     cache: str | None = None
@@ -94,6 +98,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [v.strip() for v in value.split(",") if v.strip()])
+        if isinstance(self.lr, str) and self.lr != "auto":
+            self.lr = number_or_text(self.lr)  # PyYAML reads `lr: 5e-3` (no dot) as a string
         self.validate()
 
     def validate(self) -> None:
@@ -103,6 +109,10 @@ class TrainConfig:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.bad_files not in BAD_FILE_POLICIES:
             raise UserError(f"unknown bad-file policy {self.bad_files!r}: use 'skip' or 'strict'")
+        if self.lr != "auto" and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))):
+            raise UserError(f"setting lr must be a positive number or 'auto', got {self.lr!r}")
+        if self.crop_scale is None:
+            return
         numbers = len(self.crop_scale) == 2 and all(isinstance(v, (int, float)) for v in self.crop_scale)
         low, high = self.crop_scale if numbers else (None, None)
         if low is None or not 0 < low <= high <= 1:
@@ -118,11 +128,34 @@ class TrainConfig:
         settings["cache"] = bool(settings["cache"])
         return settings
 
+    def with_auto_from(self, earlier: TrainConfig) -> TrainConfig:
+        """These settings with the ones left to ``auto`` taken from ``earlier`` (a run records what its auto
+        settings resolved to): how a rerun with the same flags recognises the run it would repeat."""
+        return self.replace(**{k: getattr(earlier, k) for k, v in AUTO_FIELDS.items() if getattr(self, k) == v})
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# settings a run fits to its data, model and device when left at this value (imgtune.tuning.autoconfig)
+AUTO_FIELDS: dict[str, Any] = {
+    "epochs": None,
+    "batch_size": None,
+    "crop_scale": None,
+    "hflip": None,
+    "lr": "auto",
+    "precision": "auto",
+}
+
+
+def number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 # setting -> (lowest, highest, brackets): "[" / "]" include the bound, "(" / ")" exclude it;
@@ -204,7 +237,7 @@ def check_types(cfg: TrainConfig) -> None:
 def check_ranges(cfg: TrainConfig) -> None:
     for name, (low, high, brackets) in RANGES.items():
         value = getattr(cfg, name)
-        if value is None:
+        if value is None or isinstance(value, str):  # "auto" (lr): validate() checks the words
             continue
         above = low <= value if brackets[0] == "[" else low < value
         below = value <= high if brackets[1] == "]" else value < high

@@ -2,7 +2,8 @@
 so a misspelt method, a missing folder, a hub id without a network or an output directory that
 holds another run fail in the first second, not after minutes of loading.
 
-Imports only the standard library, yaml and huggingface_hub's constants and cache lookup.
+Imports only the standard library, yaml, huggingface_hub's constants and cache lookup, and imgtune's
+config, errors, storage and the method names (no ML library).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from huggingface_hub import constants, try_to_load_from_cache
 
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
+from imgtune.storage import check_free_space
 from imgtune.tuning.method_names import method_names
 
 RUN_CONFIG = "imgtune.yaml"  # rundir.RUN_CONFIG (rundir loads torch: not imported here)
@@ -49,11 +51,23 @@ def hub_reachable() -> bool:
         return False
 
 
+def check_model_files(name: str) -> None:
+    """A local model directory that transformers will load: a config, and weights that are not pickles."""
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"model {name!r} is not a directory holding a saved model (config.json)")
+    pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+    if pickles and not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"model {name!r} holds only pickled weights ({', '.join(sorted(pickles)[:2])}), which are "
+            "not loaded (unpickling can run code): convert it to safetensors (load it once where you "
+            "trust it, then save_pretrained)"
+        )
+
+
 def check_model(name: str) -> None:
     if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"model {name!r} is not a directory holding a saved model (config.json)")
+        check_model_files(name)
         return
     if hub_offline():
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
@@ -111,12 +125,25 @@ def check_output_dir(cfg: TrainConfig) -> None:
         earlier = TrainConfig(**(yaml.safe_load(recorded.read_text()) or {}))
     except (UserError, TypeError, yaml.YAMLError):
         earlier = None  # unreadable or from another version: not provably the same run
-    if earlier is not None and earlier.result_settings() == cfg.result_settings():
+    if earlier is not None and earlier.result_settings() == cfg.with_auto_from(earlier).result_settings():
         return
     what = f"{earlier.method} on {earlier.dataset}" if earlier is not None else "another run"
     raise UserError(
         f"--output-dir {out} holds {what} with other settings: pass --overwrite to replace it, or another --output-dir"
     )
+
+
+def expected_bytes(cfg: TrainConfig) -> int:
+    """A rough size of what a run writes: trained weights in the run, and per kept checkpoint those
+    weights, the best epoch's copy and AdamW's two moments. Adapters and the head are a few percent of
+    the model at most; full training trains it all. Enough to refuse a disk that cannot hold the run."""
+    path = Path(cfg.model).expanduser()
+    if not path.is_dir():
+        return 0  # a hub id: its size is unknown until it is downloaded
+    model = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    trained = model if cfg.method == "full" else model // 20
+    checkpoints = (cfg.save_total_limit or 1) + 1
+    return trained * (1 + 4 * checkpoints) + (1 << 20)
 
 
 def preflight(cfg: TrainConfig) -> TrainConfig:
@@ -130,6 +157,7 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
             raise UserError("under accelerate launch, pass --output-dir (every process must write to the same one)")
         cfg = cfg.replace(output_dir=default_output_dir(cfg))
     check_output_dir(cfg)
+    check_free_space(Path(cfg.output_dir), expected_bytes(cfg), "--output-dir")
     if cfg.resume and cfg.resume != "auto" and not Path(cfg.resume).expanduser().exists():
         raise UserError(f"--resume {cfg.resume}: no such checkpoint; use --resume auto or a checkpoint directory")
     check_model(cfg.model)

@@ -8,6 +8,7 @@ A ``full``/``linear`` run is a plain transformers model directory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from imgtune.errors import UserError
+from imgtune.preflight import check_model_files, looks_like_path
+from imgtune.storage import publish_dir
 from imgtune.tuning.methods import METHODS, Method
 from imgtune.tuning.pretrained import HEAD_NAMES, load_base_model, quiet_transformers
 
@@ -48,9 +51,36 @@ RUN_FILES = (
 )  # fmt: skip
 
 
-def clear_run_files(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+def publish_run(out: Path, fill: Callable[[Path], None]) -> None:
+    """Write a run directory through ``fill`` and publish it whole (storage.publish_dir). What the
+    directory holds besides an earlier run's files (checkpoints/, logs/, the user's own) is kept."""
+    kept = tuple(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else ()
+    publish_dir(out, fill, carry=kept)
+
+
+def required_files(out: Path) -> list[str]:
+    if (out / ADAPTER_CONFIG).is_file():
+        return [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "config.json", "preprocessor_config.json"]
+    return ["config.json", "model.safetensors", "preprocessor_config.json"]
+
+
+def check_complete(out: Path) -> None:
+    """A run directory a reader can trust: every file its kind needs is there and not empty."""
+    if not out.is_dir():
+        raise UserError(f"{out} is not a directory: pass the --output-dir of a run")
+    if not (out / "config.json").is_file() and not (out / ADAPTER_CONFIG).is_file():
+        raise UserError(f"{out} is not an imgtune output directory (no config.json): pass the --output-dir of a run")
+    if (out / "pytorch_model.bin").is_file() and not (out / "model.safetensors").is_file():
+        raise UserError(
+            f"{out} holds pickled weights (pytorch_model.bin), which are not loaded (unpickling can "
+            "run code): save the model with safetensors (save_pretrained does by default)"
+        )
+    missing = [name for name in required_files(out) if not (out / name).is_file() or not (out / name).stat().st_size]
+    if missing:
+        raise UserError(
+            f"{out} is an incomplete run directory: {', '.join(missing)} missing or empty; "
+            "train it again (or copy the whole directory)"
+        )
 
 
 def save_run(out: Path, model: torch.nn.Module, processor, method: Method) -> None:
@@ -69,12 +99,27 @@ def adapter_bytes(out: Path) -> int:
 
 def method_of(out: Path) -> Method:
     """The method a run was trained with: imgtune.yaml says; a bare peft adapter is named by its type."""
-    recorded = None
-    if (out / RUN_CONFIG).is_file():
-        recorded = (yaml.safe_load((out / RUN_CONFIG).read_text()) or {}).get("method")
-    if recorded is None and (out / ADAPTER_CONFIG).is_file():
-        recorded = str(peft.PeftConfig.from_pretrained(out).peft_type.value).lower()
+    recorded = recorded_settings(out).get("method")
+    if not isinstance(recorded, str) and (out / ADAPTER_CONFIG).is_file():
+        recorded = str(read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained).peft_type.value).lower()
     return METHODS.get(recorded, METHODS["lora"]) if isinstance(recorded, str) else METHODS["lora"]
+
+
+def recorded_settings(out: Path) -> dict:
+    """The run's imgtune.yaml as a mapping ({} when there is none); malformed is one line naming it."""
+    if not (out / RUN_CONFIG).is_file():
+        return {}
+    try:
+        data = yaml.safe_load((out / RUN_CONFIG).read_text())
+    except yaml.YAMLError as err:
+        raise UserError(
+            f"{out / RUN_CONFIG} is not valid YAML ({str(err).splitlines()[0]}): the run is damaged"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{out / RUN_CONFIG} must hold a mapping of settings, got {type(data).__name__}")
+    return data
 
 
 def labels_of(config) -> list[str]:
@@ -99,13 +144,26 @@ def check_head_size(out: Path, num_labels: int) -> None:
                     )
 
 
+def read_json_config(out: Path, name: str, reader: Callable):
+    """A library's reader of one of the run's JSON files; a malformed file is one line naming it."""
+    try:
+        return reader(out)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"{out / name} cannot be read ({first}): the run directory is damaged") from None
+
+
 def recorded_base(out: Path, base: str | None) -> str:
     """The base model an adapter run loads onto: ``base`` when given (the same model moved or copied),
     else the one recorded at training time, which must still be there."""
     if base is not None:
+        if looks_like_path(base):
+            check_model_files(base)
         return base
-    recorded = peft.PeftConfig.from_pretrained(out).base_model_name_or_path
-    if recorded and recorded.startswith("/") and not Path(recorded).is_dir():
+    recorded = read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained).base_model_name_or_path
+    if recorded and recorded.startswith("/") and Path(recorded).is_dir():
+        check_model_files(recorded)
+    elif recorded and recorded.startswith("/"):
         raise UserError(
             f"{out} was trained on {recorded}, which is not there any more: pass --base with the "
             "directory (or hub id) of the same model"
@@ -116,9 +174,8 @@ def recorded_base(out: Path, base: str | None) -> str:
 def load_run(path: str | Path, base: str | None = None) -> LoadedRun:
     """A run directory loaded for inference; ``base`` replaces an adapter run's recorded base model."""
     out = Path(path).expanduser()
-    if not (out / "config.json").is_file():
-        raise UserError(f"{out} is not an imgtune output directory (no config.json): pass the --output-dir of a run")
-    config = AutoConfig.from_pretrained(out)
+    check_complete(out)
+    config = read_json_config(out, "config.json", AutoConfig.from_pretrained)
     labels = labels_of(config)
     is_adapter = (out / ADAPTER_CONFIG).is_file()
     if is_adapter:

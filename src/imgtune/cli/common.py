@@ -24,6 +24,15 @@ def crop_scale(text: str) -> list[float]:
     return values
 
 
+def learning_rate(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number (5e-3) or 'auto'") from None
+
+
 def json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -44,15 +53,15 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--target-modules": (csv_list, "comma-separated module names (query,value or q_proj,v_proj) or all-linear"),
     "--dropout": (float, "adapter dropout"),
     "--method-options": (json_dict, "extra peft config values as JSON, e.g. '{\"init_r\": 12}'"),
-    "--lr": (float, "learning rate"),
-    "--epochs": (int, "number of epochs"),
-    "--batch-size": (int, "images per batch per process"),
+    "--lr": (learning_rate, "learning rate, or auto: a range test on a copy of the model picks it (lr_find.png)"),
+    "--epochs": (int, "number of epochs (default: enough for about 400 optimizer steps, 5 to 50)"),
+    "--batch-size": (int, "images per batch per process (default: 128 on a GPU, 32 on a CPU, less for small data)"),
     "--eval-batch-size": (int, "images per evaluation batch"),
     "--grad-accum": (int, "gradient accumulation steps"),
     "--weight-decay": (float, "AdamW weight decay"),
     "--warmup-ratio": (float, "fraction of steps with linear warm-up"),
     "--max-grad-norm": (float, "clip gradients to this norm"),
-    "--precision": (str, "auto, fp32, bf16 or fp16"),
+    "--precision": (str, "auto (GPU: bf16/fp16; CPU: the faster of fp32 and bf16, timed), fp32, bf16 or fp16"),
     "--seed": (int, "random seed for splits, order and initialisation"),
     "--output-dir": (str, "where the adapter, metrics and logs go"),
     "--num-workers": (int, "data loader processes (default: one per core for large sets)"),
@@ -68,9 +77,13 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--test-from-validation": (float, "split validation into validation and test, e.g. 0.3"),
     "--classes": (csv_list, "train on these classes only, comma-separated"),
     "--image-size": (int, "input size (default: the processor's)"),
-    "--crop-scale": (crop_scale, "RandomResizedCrop's area range as LOW,HIGH (default 0.08,1.0)"),
+    "--crop-scale": (
+        crop_scale,
+        "RandomResizedCrop's area range as LOW,HIGH (default: 0.08,1.0 for large images, higher for small ones)",
+    ),
     "--bad-files": (str, "skip (default) or strict"),
     "--cache": (str, "directory for a preprocessed image cache"),
+    "--data-root": (str, "refuse CSV rows that point outside this folder"),
     "--logging-steps": (int, "log the training loss every N optimizer steps"),
     "--report-to": (str, "auto (tensorboard if installed), tensorboard, wandb, mlflow or none"),
     "--save-steps": (int, "also checkpoint every N optimizer steps"),

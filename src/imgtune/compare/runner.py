@@ -148,8 +148,9 @@ def report_settings(cfg: TrainConfig, methods: list[str]) -> dict:
         "dataset": cfg.dataset,
         "classes": cfg.classes,
         "methods": methods,
-        "epochs": cfg.epochs,
-        "batch size": f"{cfg.batch_size}" + (f" x {cfg.grad_accum} accumulation steps" if cfg.grad_accum > 1 else ""),
+        "epochs": cfg.epochs or "auto (fitted to the data: see each run's imgtune.yaml)",
+        "batch size": f"{cfg.batch_size or 'auto'}"
+        + (f" x {cfg.grad_accum} accumulation steps" if cfg.grad_accum > 1 else ""),
         "learning rate": cfg.lr,
         "seed": cfg.seed,
         "precision": cfg.precision,

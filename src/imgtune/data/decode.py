@@ -10,7 +10,9 @@ decompression bomb is an error instead of a hang.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,19 @@ def _open(source: Any) -> Image.Image:
         source = io.BytesIO(source)
     if source is None:
         raise BadImage("no image data")
+    if isinstance(source, (str, os.PathLike)):
+        check_regular(source)
     return Image.open(source)
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Only regular files are data: opening a FIFO blocks forever and a device streams without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise BadImage(f"{type(err).__name__}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise BadImage("not a regular file (a FIFO, device, socket or folder): not read")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -112,4 +126,5 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
 
 def list_images(folder: str | Path) -> list[Path]:
     """Every file with an image extension below ``folder``, sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # not only regular files: a FIFO or device named like an image is listed, then skipped as unreadable
+    return sorted(p for p in Path(folder).rglob("*") if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)

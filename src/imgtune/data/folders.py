@@ -58,7 +58,9 @@ def visible(folder: Path) -> list[Path]:
 
 
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    # named like an image, and not a folder: a FIFO or device so named is kept, and skipped as unreadable
+    # (counted, never opened) when decoded, rather than silently dropped here
+    return not path.is_dir() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def class_images(folder: Path) -> dict[str, list[Path]]:
@@ -132,6 +134,8 @@ def shared_images(layout: FolderLayout) -> list[tuple[Path, Path]]:
     for split, classes in layout.splits.items():
         for files in classes.values():
             for path in files:
+                if not path.is_file():  # a FIFO or device: never opened (decoding counts it as unreadable)
+                    continue
                 digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
                 first = seen.setdefault(digest, path)
                 split_of[path] = split

@@ -39,8 +39,9 @@ def load_digits_dataset() -> datasets.DatasetDict:
 CSV_PATHS_HINT = " (a CSV's relative paths are read from the CSV's own folder)"
 
 
-def load_csv_dataset(path: Path) -> datasets.DatasetDict:
-    """A CSV of path,label rows (header optional); relative paths are relative to the CSV."""
+def load_csv_dataset(path: Path, data_root: str | None = None) -> datasets.DatasetDict:
+    """A CSV of path,label rows (header optional); relative paths are relative to the CSV, absolute
+    ones are taken as they are. With ``data_root``, every row must lie inside it (others are refused)."""
     with path.open(newline="") as fh:
         rows = [r for r in csv.reader(fh) if r]
     if not rows:
@@ -58,12 +59,23 @@ def load_csv_dataset(path: Path) -> datasets.DatasetDict:
         raise UserError(f"{path}: need two columns path,label (got {', '.join(rows[0])})")
     rows = [r for r in rows if len(r) > max(image_col, label_col)]
     paths = [str((path.parent / r[image_col].strip()).resolve()) for r in rows]
+    if data_root is not None:
+        check_confined(path, paths, Path(data_root).expanduser().resolve())
     labels = [r[label_col].strip() for r in rows]
     names = sorted(set(labels))
     index = {n: i for i, n in enumerate(names)}
     features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=names)})
     ds = datasets.Dataset.from_dict({"image": paths, "label": [index[l] for l in labels]}, features=features)
     return datasets.DatasetDict({"train": ds})
+
+
+def check_confined(csv_path: Path, paths: list[str], root: Path) -> None:
+    outside = [p for p in paths if not Path(p).is_relative_to(root)]
+    if outside:
+        more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        raise UserError(
+            f"{len(outside)} row(s) of {csv_path} point outside --data-root {root}: {', '.join(outside[:3])}{more}"
+        )
 
 
 def load_hub_dataset(spec: str) -> datasets.DatasetDict:
@@ -98,12 +110,12 @@ class Source:
     layout: str
 
 
-def load_source(spec: str) -> Source:
+def load_source(spec: str, data_root: str | None = None) -> Source:
     with no_progress_bars():
-        return read_source(spec)
+        return read_source(spec, data_root)
 
 
-def read_source(spec: str) -> Source:
+def read_source(spec: str, data_root: str | None = None) -> Source:
     if spec == "digits":
         return Source(load_digits_dataset(), "scikit-learn's digits, one split")
     path = Path(spec).expanduser()
@@ -112,7 +124,7 @@ def read_source(spec: str) -> Source:
     if path.suffix.lower() == ".csv":
         if not path.is_file():
             raise UserError(f"CSV file {spec} does not exist")
-        return Source(load_csv_dataset(path), "CSV rows, one split")
+        return Source(load_csv_dataset(path, data_root), "CSV rows, one split")
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UserError(f"dataset {spec!r} is a path but neither a folder of images nor a .csv file")
     hub = load_hub_dataset(spec)

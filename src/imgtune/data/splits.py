@@ -121,7 +121,7 @@ def check_usable(ds: datasets.Dataset, where: str) -> None:
 def load_splits(cfg: TrainConfig) -> DataSplits:
     """The run's train / validation / (test) splits and class names, as ``cfg`` asks."""
     with no_progress_bars():  # filter/map/select on local data: instant, their bars only clutter ours
-        source = load_source(cfg.dataset)
+        source = load_source(cfg.dataset, cfg.data_root)
         return carve_splits(source.splits, cfg, source.layout)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import yaml
 
 from imgtune.config import TrainConfig
 from imgtune.data.badfiles import BadFiles, check_strict
@@ -17,7 +16,7 @@ from imgtune.errors import UserError, check_counts
 from imgtune.inference.precision import inference_autocast
 from imgtune.inference.predict import Predictor
 from imgtune.inference.scoring import run_eval
-from imgtune.rundir import RUN_CONFIG
+from imgtune.rundir import RUN_CONFIG, recorded_settings
 
 
 def evaluate(
@@ -74,7 +73,10 @@ def recorded_split(out: Path, split: str | None) -> tuple[str, str, datasets.Dat
     carving gives the same images."""
     if not (out / RUN_CONFIG).is_file():
         raise UserError(f"{out} records no training settings ({RUN_CONFIG}): pass --dataset to evaluate on")
-    cfg = TrainConfig(**(yaml.safe_load((out / RUN_CONFIG).read_text()) or {}))
+    try:
+        cfg = TrainConfig(**recorded_settings(out))
+    except TypeError as err:
+        raise UserError(f"{out / RUN_CONFIG} does not hold imgtune's settings ({err}): pass --dataset") from None
     data = load_splits(cfg)
     if split not in (None, "test", "validation"):
         raise UserError(f"without --dataset the run's own splits are test and validation, not {split!r}")

@@ -26,7 +26,16 @@ from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
 from imgtune.errors import UserError
 from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
 from imgtune.inference.predict import top_k
-from imgtune.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_head_size, labels_of, method_of
+from imgtune.preflight import check_model_files, looks_like_path
+from imgtune.rundir import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    check_complete,
+    check_head_size,
+    labels_of,
+    method_of,
+    read_json_config,
+)
 from imgtune.tuning.methods import Method
 from imgtune.tuning.pretrained import load_base_model
 
@@ -66,9 +75,10 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
     out = Path(path).expanduser()
     if not (out / ADAPTER_CONFIG).is_file() or not (out / "config.json").is_file():
         raise UserError(f"{out} is not an imgtune adapter run (needs adapter_config.json and config.json)")
-    labels = labels_of(AutoConfig.from_pretrained(out))
+    check_complete(out)
+    labels = labels_of(read_json_config(out, "config.json", AutoConfig.from_pretrained))
     check_head_size(out, len(labels))
-    peft_config = peft.PeftConfig.from_pretrained(out)
+    peft_config = read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
     method = method_of(out)
     spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
     return Adapter(
@@ -126,7 +136,10 @@ class MultiAdapterModel:
         if len(set(names)) != len(names):
             raise UserError(f"adapter names must be unique: {', '.join(names)}")
         first = read_adapter(*adapters[0])
-        types = {peft.PeftConfig.from_pretrained(Path(p).expanduser()).peft_type for _, p in adapters}
+        types = {
+            read_json_config(Path(p).expanduser(), ADAPTER_CONFIG, peft.PeftConfig.from_pretrained).peft_type
+            for _, p in adapters
+        }
         # A PeftModel holds one peft type only; adapters of several types (LoRA + LoHa + ...) need peft's
         # PeftMixedModel, which has no adapter_names mixed-batch forward: batches are grouped by adapter then.
         self.mixed_types = len(types) > 1
@@ -141,6 +154,8 @@ class MultiAdapterModel:
                 )
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
         self.base = base
+        if looks_like_path(base):
+            check_model_files(base)  # pickled weights are refused in one line, as everywhere
         base_model = load_base_model(base, first.labels)
         try:
             with first.handler.quiet():
@@ -213,7 +228,9 @@ class MultiAdapterModel:
             log.warning("adapter %r was trained on %s, serving it on %s", adapter.name, adapter.trained_on, self.base)
 
     def _fit_heads(self, adapter: Adapter) -> None:
-        """Rebuild this adapter's head copies whose shape differs from the saved weights, then load them."""
+        """Rebuild the Linear layers of this adapter's head copies whose shape differs from the saved weights,
+        then load them. A copy is usually one Linear (imgtune saves head Linear layers); a peft adapter saved
+        with a whole head block (ResNet's Flatten + Linear) has its Linear layers rebuilt inside the block."""
         wrappers = {
             f"{name}.": module
             for name, module in self.model.named_modules()
@@ -224,22 +241,32 @@ class MultiAdapterModel:
             module_name = prefix[:-1]
             own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             copy = module.modules_to_save[adapter.name]
-            if all(k in copy.state_dict() and copy.state_dict()[k].shape == v.shape for k, v in own.items()):
-                continue
-            if not isinstance(copy, torch.nn.Linear) or "weight" not in own:
+            state = copy.state_dict()
+            wrong = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
+            linears = {n: m for n, m in copy.named_modules() if isinstance(m, torch.nn.Linear)}
+            split = {k: k.rpartition(".") for k in own}  # "1.weight" -> owner "1", tensor "weight"
+            layers = {o: {split[k][2]: v for k, v in own.items() if split[k][0] == o} for o in linears}
+            owners = {split[k][0] for k in wrong}
+            if not all(o in linears and "weight" in layers[o] for o in owners):
                 raise UserError(
-                    f"adapter {adapter.name!r} has a head of another size and {module_name} is not a "
-                    "single Linear layer: serve it on its own"
+                    f"adapter {adapter.name!r} has a head of another size and {module_name} is not made of "
+                    "Linear layers: serve it on its own"
                 )
-            rows, cols = own["weight"].shape
-            if cols != copy.in_features:  # another class count changes rows only; other features, another base
-                raise self._load_error(
-                    adapter, f"its {module_name} takes {cols} features, this base gives {copy.in_features}"
-                )
-            new = torch.nn.Linear(cols, rows, bias="bias" in own, dtype=copy.weight.dtype, device=copy.weight.device)
-            new.load_state_dict(own)
-            new.requires_grad_(False)
-            module.modules_to_save[adapter.name] = new
+            for owner in owners:
+                old, layer = linears[owner], layers[owner]
+                rows, cols = layer["weight"].shape
+                if cols != old.in_features:  # another class count changes rows only; other features, another base
+                    raise self._load_error(
+                        adapter, f"its {module_name} takes {cols} features, this base gives {old.in_features}"
+                    )
+                kind = {"dtype": old.weight.dtype, "device": old.weight.device}
+                new = torch.nn.Linear(cols, rows, bias="bias" in layer, **kind)
+                new.load_state_dict(layer)
+                new.requires_grad_(False)
+                if owner:
+                    copy.set_submodule(owner, new)
+                else:
+                    module.modules_to_save[adapter.name] = new
 
     def remove(self, name: str) -> None:
         with self.lock:

@@ -18,7 +18,6 @@ file is an error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from imgtune.config import TrainConfig
 from imgtune.errors import UserError
+from imgtune.storage import fsync, sha256, writing
 from imgtune.tuning.methods import Method
 
 CHECKPOINTS = "checkpoints"
@@ -78,22 +78,6 @@ def checkpoint_root(out: Path) -> Path:
     return Path(out) / CHECKPOINTS
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -135,6 +119,15 @@ def save_checkpoint(
 
     Assumes OUT is on storage every process sees (one machine, or a shared file system)."""
     root = checkpoint_root(out)
+    with writing(root / name):  # a full disk is one line; the unfinished .tmp- folder is never a checkpoint
+        return write_checkpoint(
+            accelerator, root, name, model, optimizer, scheduler, state, best, best_is_current, keep_last, method
+        )
+
+
+def write_checkpoint(accelerator, root: Path, name: str, model, optimizer, scheduler, state: TrainState,
+                     best: dict[str, torch.Tensor] | None, best_is_current: bool, keep_last: int | None,
+                     method: Method) -> Path:  # fmt: skip
     tmp = root / f".tmp-{name}"
     final = root / name
     if accelerator.is_main_process:
@@ -159,15 +152,15 @@ def save_checkpoint(
     if accelerator.is_main_process:
         files = {}
         for path in sorted(tmp.iterdir()):
-            _fsync(path)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            fsync(path)
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
         manifest = {"run_id": state.run_id, "step": state.global_step, "saved_at": time.time(), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
+        fsync(tmp / MANIFEST)
+        fsync(tmp)
         shutil.rmtree(final, ignore_errors=True)  # the same step written again (a resume from an older one)
         os.replace(tmp, final)
-        _fsync(root)
+        fsync(root)
         prune_checkpoints(root, keep_last, state.run_id, state.best_checkpoint, final.name)
     accelerator.wait_for_everyone()
     return final
@@ -283,11 +276,27 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
     return path
 
 
+# what every checkpoint holds, whatever the method and the number of processes
+REQUIRED = (WEIGHTS, STATE, "optimizer.pt", "scheduler.pt", "rng_0.pt")
+
+
 def verify(path: Path) -> None:
-    """Every file the manifest lists is there with its size and hash: catches truncation and tampering."""
-    for name, expected in read_manifest(path)["files"].items():
+    """The manifest lists exactly the files there are, the required ones among them, each with its size
+    and hash. This catches corruption and truncation (and a manifest emptied or cut short); it is not
+    a signature: whoever can write the directory can write a matching manifest too."""
+    listed = read_manifest(path)["files"]
+    present = {p.name for p in path.iterdir()} - {MANIFEST}
+    missing = [n for n in REQUIRED if n not in listed] + sorted(set(listed) - present)
+    unlisted = sorted(present - set(listed))
+    if missing or unlisted:
+        what = f"missing {', '.join(missing)}" if missing else f"not in its manifest: {', '.join(unlisted)}"
+        raise UserError(
+            f"checkpoint {path} is damaged ({what}): delete it to resume from an older one, or start again "
+            "without --resume"
+        )
+    for name, expected in listed.items():
         file = path / name
-        if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
+        if not file.is_file() or file.stat().st_size != expected["bytes"] or sha256(file) != expected["sha256"]:
             raise UserError(
                 f"checkpoint {path} is damaged ({name} does not match its manifest): "
                 "delete it to resume from an older one, or start again without --resume"

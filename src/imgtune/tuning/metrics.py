@@ -17,7 +17,7 @@ class RunMetrics:
     model: str
     dataset: str
     labels: list[str]
-    precision: str  # accelerate's mixed-precision mode: no, bf16 or fp16
+    precision: str  # what the run trained in: fp32, bf16 or fp16
     num_processes: int
     history: list[dict[str, Any]]  # one row per epoch
     best_epoch: int
@@ -50,3 +50,31 @@ def epoch_table(history: list[dict]) -> str:
             f"{row['epoch']:<5} | {row['train_loss']:<13.6f} | {row['eval_loss']:<15.6f} | {row['eval_accuracy']:.4f}"
         )
     return "\n".join(lines)
+
+
+def collect_metrics(recipe, final_val, test, precision: str, peak_memory: float) -> RunMetrics:
+    """A finished ``Recipe``'s figures: its config, data, state and the final evaluations."""
+    cfg, data, state = recipe.cfg, recipe.data, recipe.state
+    evaluated = test or final_val
+    return RunMetrics(
+        method=recipe.method.name,
+        model=cfg.model,
+        dataset=cfg.dataset,
+        labels=data.labels,
+        precision=precision,
+        num_processes=recipe.accelerator.num_processes,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        validation=final_val.metrics(),
+        test=test.metrics() if test else None,
+        trainable_params=recipe.trainable,
+        total_params=recipe.total,
+        trainable_percent=100 * recipe.trainable / recipe.total,
+        train_images_per_s=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+        peak_memory_mb=peak_memory,
+        bad_files=len(recipe.bad),
+        bad_file_names=sorted(recipe.bad.reasons),
+        splits={"train": len(data.train), "validation": len(data.validation), "test": len(data.test or [])},
+        confusion_matrix=evaluated.confusion(len(data.labels)).tolist(),
+        per_class_accuracy=evaluated.per_class_accuracy(len(data.labels)),
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,11 @@ from imgtune.data.sources import CSV_PATHS_HINT
 from imgtune.data.splits import load_splits
 from imgtune.data.transforms import BatchNormalizer, ImageSpec
 from imgtune.errors import UserError
+from imgtune.inference.precision import precision_name
 from imgtune.inference.scoring import EvalResult, run_eval
 from imgtune.modelcard import write_run_docs
 from imgtune.preflight import preflight
-from imgtune.rundir import METRICS, RUN_CONFIG, adapter_bytes, clear_run_files, save_run
+from imgtune.rundir import METRICS, RUN_CONFIG, adapter_bytes, publish_run, save_run
 from imgtune.tuning.accelerated import (
     all_bad_files,
     find_epoch_sampler,
@@ -41,6 +41,7 @@ from imgtune.tuning.accelerated import (
     peak_memory_mb,
     placeholder_loss,
 )
+from imgtune.tuning.autoconfig import fit_to_data, fit_to_model, total_steps
 from imgtune.tuning.checkpoint import (
     TrainState,
     checkpoint_root,
@@ -54,7 +55,7 @@ from imgtune.tuning.checkpoint import (
 )
 from imgtune.tuning.hub import check_push, push
 from imgtune.tuning.methods import get_method
-from imgtune.tuning.metrics import TIMING_FIELDS, RunMetrics, epoch_table
+from imgtune.tuning.metrics import TIMING_FIELDS, RunMetrics, collect_metrics, epoch_table
 from imgtune.tuning.pretrained import (
     check_input_size,
     count_parameters,
@@ -83,7 +84,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     recipe = Recipe(preflight(cfg))
     recipe.setup()
     recipe.resume()
-    for epoch in range(recipe.state.epoch, cfg.epochs + 1):
+    for epoch in range(recipe.state.epoch, recipe.cfg.epochs + 1):  # recipe.cfg: auto settings resolved
         recipe.train_epoch(epoch)
         recipe.end_epoch(epoch)
     return recipe.finish()
@@ -114,6 +115,8 @@ class Recipe:
         if cfg.resume and cfg.resume != "auto":
             find_checkpoint(self.out, cfg.resume)  # a wrong path fails now, not after the data and model load
         self.repo_id = check_push(cfg.push_to_hub, cfg.model, cfg.method, cfg.dataset) if cfg.push_to_hub else None
+        if not cfg.resume:  # an earlier run's sweep plot must not pass for this run's (rundir keeps unknown files)
+            (self.out / "lr_find.png").unlink(missing_ok=True)
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
@@ -125,6 +128,7 @@ class Recipe:
         self.say(f"data: {cfg.dataset}: {self.data.summary()}")
         self.processor = load_processor(cfg.model, load_model_config(cfg.model))
         self.spec = ImageSpec.from_processor(self.processor, cfg.image_size)
+        cfg = self.cfg = fit_to_data(self)  # batch, epochs, crops, flips left to auto: fitted, and said why
         with accelerator.local_main_process_first():  # one process per machine builds the --cache
             self.train_loader, self.eval_loaders = build_loaders(
                 cfg, self.data, self.spec, pin_memory=accelerator.device.type == "cuda"
@@ -134,12 +138,12 @@ class Recipe:
 
     def setup_model(self) -> None:
         cfg = self.cfg
-        batches_per_process = math.ceil(len(self.data.train) / (cfg.batch_size * self.accelerator.num_processes))
-        self.total_steps = math.ceil(batches_per_process / cfg.grad_accum) * cfg.epochs
+        self.total_steps = total_steps(cfg, len(self.data.train), self.accelerator.num_processes)
         base = load_base_model(cfg.model, self.data.labels)
         if cfg.image_size:
             check_input_size(base, self.spec.size, cfg.model)
         self.model = self.method.apply(base, cfg, self.total_steps)
+        self.cfg = fit_to_model(self)  # precision and --lr auto, measured on this model
         self.trainable, self.total = count_parameters(self.model)
         self.say(parameter_report(self.model))
 
@@ -353,43 +357,22 @@ class Recipe:
         return TrainResult(self.out, metrics.to_dict(), model)
 
     def run_metrics(self, final_val: EvalResult, test: EvalResult | None) -> RunMetrics:
-        cfg, data, state, accelerator = self.cfg, self.data, self.state, self.accelerator
-        evaluated = test or final_val
-        return RunMetrics(
-            method=self.method.name,
-            model=cfg.model,
-            dataset=cfg.dataset,
-            labels=data.labels,
-            precision=accelerator.mixed_precision,
-            num_processes=accelerator.num_processes,
-            history=state.history,
-            best_epoch=state.best_epoch,
-            validation=final_val.metrics(),
-            test=test.metrics() if test else None,
-            trainable_params=self.trainable,
-            total_params=self.total,
-            trainable_percent=100 * self.trainable / self.total,
-            train_images_per_s=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
-            peak_memory_mb=peak_memory_mb(accelerator.device),
-            bad_files=len(self.bad),
-            bad_file_names=sorted(self.bad.reasons),
-            splits={
-                "train": len(data.train),
-                "validation": len(data.validation),
-                "test": len(data.test) if data.test else 0,
-            },
-            confusion_matrix=evaluated.confusion(len(data.labels)).tolist(),
-            per_class_accuracy=evaluated.per_class_accuracy(len(data.labels)),
-        )
+        return collect_metrics(self, final_val, test, precision_name(self.accelerator.mixed_precision),
+                               peak_memory_mb(self.accelerator.device))  # fmt: skip
 
     def write_run(self, model: torch.nn.Module, metrics: RunMetrics) -> None:
-        clear_run_files(self.out)  # an earlier run's files (a full model, bad_files.txt) never survive beside ours
-        save_run(self.out, model, self.processor, self.method)
-        self.cfg.save(self.out / RUN_CONFIG)
-        if len(self.bad):
-            self.bad.write(self.out / "bad_files.txt")
-        metrics.adapter_bytes = adapter_bytes(self.out)
-        metrics.wall_time_s = time.perf_counter() - self.started
-        (self.out / METRICS).write_text(json.dumps(metrics.to_dict(), indent=2))
-        write_run_plots(self.out, metrics.to_dict())
-        write_run_docs(self.out)  # after save_run: replaces peft's template README.md
+        """The run directory, published whole (rundir.publish_run): an earlier run's files never survive
+        beside ours, and a failure part-way leaves the earlier run as it was."""
+
+        def fill(folder: Path) -> None:
+            save_run(folder, model, self.processor, self.method)
+            self.cfg.save(folder / RUN_CONFIG)
+            if len(self.bad):
+                self.bad.write(folder / "bad_files.txt")
+            metrics.adapter_bytes = adapter_bytes(folder)
+            metrics.wall_time_s = time.perf_counter() - self.started
+            (folder / METRICS).write_text(json.dumps(metrics.to_dict(), indent=2))
+            write_run_plots(folder, metrics.to_dict())
+            write_run_docs(folder)  # after save_run: replaces peft's template README.md
+
+        publish_run(self.out, fill)
