@@ -99,3 +99,14 @@ def test_an_unwritable_output_dir_fails_first(tmp_path, colour_folder, tiny_vit)
         preflight(tiny_train_config(tiny_vit, colour_folder, tmp_path / "file"))
     with pytest.raises(UserError, match="is not a writable directory"):
         preflight(tiny_train_config(tiny_vit, colour_folder, tmp_path / "file" / "run"))
+    with pytest.raises(UserError, match="cannot write --cache"):
+        preflight(tiny_train_config(tiny_vit, colour_folder, tmp_path / "run", cache=str(tmp_path / "file" / "c")))
+
+
+def test_an_unwritable_export_target_fails_before_exporting(tmp_path, lora_run):
+    from imgtune.inference.export import export
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a writable directory"):
+        export(lora_run, tmp_path / "file" / "model.onnx")
+    assert (tmp_path / "file").read_text() == "x"

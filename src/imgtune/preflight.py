@@ -109,15 +109,22 @@ def default_output_dir(cfg: TrainConfig) -> str:
     return f"runs/{short(cfg.model)}-{cfg.method}-{short(cfg.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_writable_dir(path: Path, flag: str) -> None:
+    """``path`` is, or can be made, a directory this process can write into."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file: pass a directory")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write {flag} {path} ({existing} is not a writable directory): pass another one")
+
+
 def check_output_dir(cfg: TrainConfig) -> None:
     """Writable, and not another run's: a finished run with other settings is only replaced on
     ``--overwrite`` (a resumed run, or the same settings again, is the same run)."""
     out = Path(cfg.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output-dir {out} is a file: pass a directory")
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
-        raise UserError(f"cannot write --output-dir {out} ({existing} is not a writable directory): pass another one")
+    check_writable_dir(out, "--output-dir")
+    if cfg.cache:
+        check_writable_dir(Path(cfg.cache).expanduser(), "--cache")
     recorded = out / RUN_CONFIG
     if cfg.overwrite or cfg.resume or not recorded.is_file():
         return

@@ -8,6 +8,7 @@ the batch axis is dynamic.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
 from imgtune.errors import UserError
 from imgtune.inference.merge import merged_model
 from imgtune.rundir import LoadedRun, labels_of, load_run
+from imgtune.storage import check_free_space, existing_parent
 
 OPSET = 17
 
@@ -124,6 +126,12 @@ def export_onnx(run: LoadedRun, onnx_path: str | Path) -> dict:
         raise UserError(
             f"--onnx {onnx_path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}"
         )
+    existing = existing_parent(path.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # before the model loads
+        raise UserError(
+            f"cannot write {path} ({existing} is not a writable directory): pass --onnx a path in a "
+            "folder you can write to"
+        )
     model, processor, labels = plain_model(run)
     spec = ImageSpec.from_processor(processor)
     files = side_files(processor, labels)
@@ -131,6 +139,8 @@ def export_onnx(run: LoadedRun, onnx_path: str | Path) -> dict:
     example = torch.randn(2, 3, spec.size, spec.size)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # the graph holds the weights in fp32: room for them (twice with --int8) before anything is written
+        check_free_space(path.parent, 2 * 4 * sum(p.numel() for p in model.parameters()), "--onnx's folder")
         # dynamo=False: the TorchScript exporter traces a ViT to a single self-contained .onnx file with a
         # dynamic batch axis in one call; the dynamo exporter in this torch version needs onnxscript (not a
         # dependency here) and writes external-data files for the same graph.
