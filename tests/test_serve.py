@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import run_cli, tiny_train_config, write_class_folder
 from imgtune.data.decode import BadImage, decode_rgb
+from imgtune.data.samples import stack_images
 from imgtune.errors import UserError
 from imgtune.inference.predict import Predictor
 from imgtune.serve.engine import MultiAdapterModel
@@ -318,3 +319,24 @@ def test_port_out_of_range_is_a_usage_error(tiny_vit, lora_run, port):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     shown = repr(port) if port == "http" else port  # a non-number is quoted
     assert f"argument --port: {shown} is not a port number (0..65535)" in result.stderr
+
+
+def test_a_dora_adapter_among_lora_ones_does_not_break_the_server(tmp_path, tiny_vit, colour_folder, lora_run):
+    """DoRA cannot take peft's mixed-batch forward: it is grouped on its own (decided from its own config,
+    not its method's name), and a forward that raises leaves no stale hooks behind."""
+    dora = tmp_path / "dora"
+    train(tiny_train_config(tiny_vit, colour_folder, dora, epochs=1, method_options={"use_dora": True}))
+    model = MultiAdapterModel(str(tiny_vit), [("a", lora_run), ("b", lora_run), ("d", dora)], "cpu", "fp32")
+    assert not model.adapters["d"].mixed_batch and model.adapters["a"].mixed_batch
+    data = png_bytes((40, 40))
+    names = ["a", "d", "b", "d", "a"]
+    pixels = [model.preprocess(n, data) for n in names]
+    rows = model.probabilities(names, pixels)
+    for name, row in zip(names, rows):
+        assert (row - model.probabilities([name], [model.preprocess(name, data)])[0]).abs().max() < 1e-5
+    # what a mixed forward with DoRA does in peft: it raises, and must not leave hooks on the layers
+    batch = model.normalizers[model.adapters["a"].spec](stack_images(pixels[:2]))
+    with pytest.raises(ValueError):
+        model.forward_leaving_no_hooks(pixel_values=batch, adapter_names=["a", "d"])
+    after = model.probabilities(names, pixels)
+    assert all((x - y).abs().max() < 1e-6 for x, y in zip(rows, after))

@@ -63,5 +63,9 @@ class Batcher:
             self.batches += 1
             self.items += len(live)
             for (_, _, fut), row in zip(live, rows):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(row, Exception):  # the engine failed this request's group only
+                    fut.set_exception(row)
+                else:
                     fut.set_result(row)

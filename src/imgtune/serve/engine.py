@@ -86,7 +86,8 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
         out,
         labels,
         method.name,
-        method.mixed_batch,
+        # from the adapter's own config, not its method's name: a LoRA run with use_dora cannot mix
+        method.mixed_batch and not getattr(peft_config, "use_dora", False),
         spec,
         peft_config.base_model_name_or_path,
         method,
@@ -296,23 +297,43 @@ class MultiAdapterModel:
             mixable = a.mixed_batch and not self.mixed_types
             key = ("mixed", len(a.labels), a.spec) if mixable else ("single", name)
             groups.setdefault(key, []).append(i)
-        rows: list[torch.Tensor | None] = [None] * len(names)
+        rows: list[torch.Tensor | Exception | None] = [None] * len(names)
         with self.lock:
             for key, idx in groups.items():
-                spec = self.adapters[names[idx[0]]].spec
-                batch = self.normalizers[spec](stack_images([pixels[i] for i in idx]).to(self.device))
-                group_names = [names[i] for i in idx]
-                with inference_autocast(self.precision, self.device.type):
-                    if key[0] == "mixed" and len(set(group_names)) > 1:
-                        logits = self.model(pixel_values=batch, adapter_names=group_names).logits
-                    else:
-                        # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
-                        self.model.set_adapter(group_names[0])
-                        logits = self.model(pixel_values=batch).logits
-                probs = logits.float().softmax(dim=-1).cpu()
+                try:
+                    probs = self.group_probabilities(key[0] == "mixed", [names[i] for i in idx],
+                                                     [pixels[i] for i in idx])  # fmt: skip
+                except Exception as err:  # noqa: BLE001 - only this group's requests get the error
+                    probs = [err] * len(idx)
                 for j, i in enumerate(idx):
                     rows[i] = probs[j]
         return rows
+
+    def group_probabilities(self, mixed: bool, names: list[str], pixels: list[torch.Tensor]) -> torch.Tensor:
+        spec = self.adapters[names[0]].spec
+        batch = self.normalizers[spec](stack_images(pixels).to(self.device))
+        with inference_autocast(self.precision, self.device.type):
+            if mixed and len(set(names)) > 1:
+                logits = self.forward_leaving_no_hooks(pixel_values=batch, adapter_names=names)
+            else:
+                # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
+                self.model.set_adapter(names[0])
+                logits = self.forward_leaving_no_hooks(pixel_values=batch)
+        return logits.float().softmax(dim=-1).cpu()
+
+    def forward_leaving_no_hooks(self, **inputs) -> torch.Tensor:
+        """The model's logits; if the forward raises, the pre-forward hooks it registered are removed.
+        peft (0.21) registers its mixed-batch hooks on every layer and removes them only when the
+        forward returns, so one failing batch would otherwise break every later request."""
+        before = {id(m): set(m._forward_pre_hooks) for m in self.model.modules()}
+        try:
+            return self.model(**inputs).logits
+        except Exception:
+            for module in self.model.modules():
+                for key in set(module._forward_pre_hooks) - before.get(id(module), set()):
+                    module._forward_pre_hooks.pop(key, None)
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
+            raise
 
     def top_k(self, name: str, probs: torch.Tensor, k: int) -> list[dict]:
         return top_k(probs, self.adapters[name].labels, k)
