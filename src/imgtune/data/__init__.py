@@ -5,6 +5,6 @@ RGB, ``transforms`` crops and normalises, ``samples`` and ``sampler`` make items
 order, ``cache`` keeps decoded pixels, ``badfiles`` is the skip/strict policy, ``workers`` the
 thread and process counts, ``loading`` builds the loaders of a run.
 
-May import: ``imgtune.errors``, ``imgtune.config``, and third-party libraries. Nothing in the
+May import: ``imgtune.errors``, ``imgtune.config``, ``imgtune.storage`` and third-party libraries. Nothing in the
 model, tuning, inference, serving or CLI parts.
 """

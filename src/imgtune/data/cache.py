@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from imgtune.data.decode import BadImage, decode_rgb, source_name
 from imgtune.data.samples import Skipped, seeded_transform
 from imgtune.data.workers import decode_threads
+from imgtune.storage import check_free_space
 
 CACHE_VERSION = 1
 SHARD_ROWS = 1024
@@ -158,6 +159,8 @@ def build_cache(
     todo = [s for s in range(shards) if not (folder / f"shard-{s:05d}.json").exists()]
     if todo:
         done_rows = n - sum(min(shard_rows, n - s * shard_rows) for s in todo)
+        # before decoding: room for what is left at the kept size (4:3 images as the rough average)
+        check_free_space(folder, (n - done_rows) * side * side * 3 * 4 // 3, "--cache")
         bar = tqdm(
             total=n, initial=done_rows, desc=f"{desc}: caching images", unit="img", disable=None if progress else True
         )

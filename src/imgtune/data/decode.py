@@ -3,8 +3,16 @@
 PIL decodes; this module only adds what PIL leaves to the caller: JPEG DCT-domain
 downscaling (``Image.draft``) when the target size allows, a correct RGB conversion for
 every mode (alpha composited on white, 16-bit scaled, CMYK and palette converted, EXIF
-orientation applied), and a pixel limit checked from the header before decoding, so a
-decompression bomb is an error instead of a hang.
+orientation applied), and limits checked from the header before decoding, so a decompression
+bomb or a hostile shape is an error instead of a hang or gigabytes of memory:
+
+- a pixel limit (width x height);
+- an aspect-ratio limit (longer side / shorter side <= ``MAX_ASPECT``): the eval transform scales
+  the SHORTER side to the model size before cropping, so a W x 1 strip of a few hundred bytes would
+  become 3 * size^2 * W bytes;
+- a memory budget (``max_bytes``): ``decode_cost`` is an upper bound on the bytes one image holds at
+  once from decoding through the eval resize (decoded pixels in their own mode, the RGB conversion,
+  the uint8 tensor, the resized copy). Over the budget is ``TooLarge``, before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit
+MAX_ASPECT = 20.0  # longer / shorter side: wider panoramas are rare, and each unit costs 3 * size^2 bytes in the resize
+# bytes one image may hold at once (decode_cost): lets an 89-megapixel RGB file through (about 14 bytes a pixel),
+# refuses an RGBA or 16-bit one of the same size (up to 30 bytes a pixel with the alpha compositing)
+MAX_DECODE_BYTES = 2 * 1024**3
 UNREADABLE = "cannot identify image file (not an image, or an unsupported format)"
 # PIL names an in-memory file by its repr ("<_io.BytesIO object at 0x7ff0...>"): an address, no help to anyone
 STREAM_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -32,7 +44,46 @@ class BadImage(Exception):
 
 
 class TooLarge(BadImage):
-    """An image over the pixel limit (found from its header, before decoding)."""
+    """An image over the pixel, aspect-ratio or memory limit (found from its header, before decoding)."""
+
+
+# bytes a pixel takes in PIL's storage: one-band 8-bit modes 1, 16-bit greyscale 2, everything else 4
+# (PIL keeps RGB, LA and the 32-bit modes in 4 bytes a pixel)
+_STORED = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# what _to_rgb allocates beside the decoded image, per pixel: float32 copy + L + RGB for deep greyscale;
+# RGBA copy, white background, composite and RGB for alpha and palette (palette may carry transparency)
+_CONVERT = {"RGB": 0, "I": 13, "F": 13, "I;16": 9, "I;16B": 9, "I;16L": 9, "I;16N": 9}
+_CONVERT_ALPHA = 16
+
+
+def decode_cost(width: int, height: int, mode: str, min_side: int | None = None) -> int:
+    """Upper bound on the bytes decoding one ``width`` x ``height`` image of PIL ``mode`` holds at once,
+    and, with ``min_side`` (the model size), the eval transform's resize of its shorter side to it.
+
+    Per pixel: the decoded image twice (EXIF transposition copies it), the RGB conversion, the uint8
+    tensor (3) and its channels-last copy (3); then the resized image, 3 * min_side * (scaled longer side)."""
+    stored = _STORED.get(mode, 4)
+    convert = _CONVERT.get(mode, _CONVERT_ALPHA if mode in ("RGBA", "LA", "PA", "P") else 4)
+    cost = width * height * (2 * stored + convert + 6)
+    short, long = sorted((max(1, width), max(1, height)))
+    if min_side:
+        cost += 3 * min_side * (min_side * long // short + 1)
+    return cost
+
+
+def check_shape(
+    width: int, height: int, mode: str, min_side: int | None, max_aspect: float, max_bytes: int | None
+) -> None:
+    """TooLarge for an extreme aspect ratio or an image over the memory budget, from its header alone."""
+    short, long = sorted((width, height))
+    if short < 1 or long / short > max_aspect:
+        raise TooLarge(f"{width}x{height}: aspect ratio over the {max_aspect:g}:1 limit")
+    if max_bytes is not None:
+        cost = decode_cost(width, height, mode, min_side)
+        if cost > max_bytes:
+            raise TooLarge(
+                f"{width}x{height} {mode} would take {cost:,} bytes to decode, over the {max_bytes:,}-byte limit"
+            )
 
 
 def source_name(source: Any) -> str:
@@ -89,9 +140,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_rgb(
+    source: Any,
+    min_side: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_aspect: float = MAX_ASPECT,
+    max_bytes: int | None = MAX_DECODE_BYTES,
+) -> Image.Image:
     """Decode to an RGB PIL image whose shorter side stays >= ``min_side`` when JPEG
-    draft mode can shrink it. Raises BadImage for anything unreadable."""
+    draft mode can shrink it. Raises BadImage for anything unreadable, TooLarge (before decoding)
+    for an image over ``max_pixels``, ``max_aspect`` or ``max_bytes`` (see ``decode_cost``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -103,6 +161,8 @@ def decode_rgb(source: Any, min_side: int | None = None, max_pixels: int = MAX_P
                 shrink = min(width, height) / min_side
                 if shrink >= 2:
                     img.draft("RGB", (max(1, int(width / shrink)), max(1, int(height / shrink))))
+            # after draft: its DCT scaling is what makes a large JPEG cheap
+            check_shape(*img.size, img.mode, min_side, max_aspect, max_bytes)
             img.load()
             rgb = _to_rgb(ImageOps.exif_transpose(img))
             if rgb is not img and not isinstance(source, Image.Image):

@@ -9,15 +9,19 @@ up the batch.
 import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from starlette.requests import Request as StarletteRequest
 
 from imgtune.data.decode import BadImage, TooLarge
 from imgtune.errors import UserError
-from imgtune.serve.batcher import Batcher
-from imgtune.serve.engine import NAME_PATTERN, MultiAdapterModel, check_name
-from imgtune.serve.limits import MAX_BYTES, MAX_PIXELS, MULTIPART_ALLOWANCE, RAW_TYPES
+from imgtune.serve import admin, health
+from imgtune.serve.admin import AdminSettings
+from imgtune.serve.batcher import Batcher, QueueFull
+from imgtune.serve.engine import NAME_PATTERN, MultiAdapterModel
+from imgtune.serve.limits import MAX_BYTES, MAX_PIXELS, MULTIPART_ALLOWANCE, RAW_TYPES, RETRY_AFTER, RequestLimits
+from imgtune.serve.metrics import AccessLog, ServeMetrics
 
 router = APIRouter()
 
@@ -36,12 +40,17 @@ def create_app(
     allow_admin: bool = False,
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
+    request_limits: RequestLimits = RequestLimits(),
+    admin_token: str | None = None,
+    adapter_root: Path | None = None,
 ) -> FastAPI:
-    batcher = Batcher(model, max_batch, max_wait_ms)
+    admin_settings = AdminSettings(allow_admin, admin_token, adapter_root)  # refuses admin without a token
+    batcher = Batcher(model, max_batch, max_wait_ms, request_limits.max_queue)
 
     @asynccontextmanager
     async def lifespan(app):
         worker = asyncio.create_task(batcher.run())
+        app.state.readiness.check()
         yield
         worker.cancel()
         batcher.executor.shutdown(wait=False)
@@ -51,7 +60,16 @@ def create_app(
     )
     app.state.model, app.state.batcher = model, batcher
     app.state.limits = Limits(allow_admin, max_bytes, max_pixels)
+    app.state.request_limits = request_limits
+    app.state.decodes = asyncio.Semaphore(request_limits.max_decodes)
+    app.state.admin = admin_settings
+    app.state.metrics = ServeMetrics(app.state)
+    app.state.readiness = health.Readiness(model, batcher.executor)
+    batcher.observer = health.BatchObserver(app.state.metrics, app.state.readiness)
+    app.add_middleware(AccessLog)
     app.include_router(router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
     return app
 
 
@@ -63,21 +81,33 @@ def known(model: MultiAdapterModel, name: str | None) -> str:
         if len(model.adapters) == 1:
             return next(iter(model.adapters))
         raise HTTPException(400, f"pass ?adapter= one of {', '.join(model.adapters)}")
-    if not NAME_PATTERN.match(name) or name not in model.adapters:  # a dict key, never a path
+    if not NAME_PATTERN.fullmatch(name) or name not in model.adapters:  # a dict key, never a path
         raise HTTPException(404, f"unknown adapter {name!r}: GET /v1/adapters lists them")
     return name
 
 
-async def read_limited(request: Request, max_bytes: int) -> bytes:
+async def read_limited(request: Request, max_bytes: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_ALLOWANCE:
         raise HTTPException(413, f"request body over the {max_bytes:,}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked uploads have no content-length: count as they come
-        size += len(chunk)
-        if size > max_bytes + MULTIPART_ALLOWANCE:
-            raise HTTPException(413, f"request body over the {max_bytes:,}-byte limit")
-        chunks.append(chunk)
+    chunks = []
+
+    async def read_all() -> None:
+        size = 0
+        async for chunk in request.stream():  # chunked uploads have no content-length: count as they come
+            size += len(chunk)
+            if size > max_bytes + MULTIPART_ALLOWANCE:
+                raise HTTPException(413, f"request body over the {max_bytes:,}-byte limit")
+            chunks.append(chunk)
+
+    try:
+        # the whole body, not each chunk: a client trickling a byte at a time would hold its connection forever
+        # (asyncio.wait_for, not asyncio.timeout: the package supports Python 3.10)
+        await asyncio.wait_for(read_all(), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise HTTPException(
+            408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
+        ) from None
     return b"".join(chunks)
 
 
@@ -94,8 +124,8 @@ async def multipart_file(request: Request, body: bytes) -> tuple[str, bytes]:
     return (upload.content_type or "").split(";")[0].strip().lower(), await upload.read()
 
 
-async def image_bytes(request: Request, max_bytes: int) -> bytes:
-    body = await read_limited(request, max_bytes)
+async def image_bytes(request: Request, max_bytes: int, timeout: float) -> bytes:
+    body = await read_limited(request, max_bytes, timeout)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data = body
     if ctype == "multipart/form-data":
@@ -109,14 +139,46 @@ async def image_bytes(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-def decode(model: MultiAdapterModel, name: str, data: bytes, max_pixels: int):
-    """Image bytes -> the adapter's input, with decoding's own size check: 413 over the limit."""
+def decode(model: MultiAdapterModel, name: str, data: bytes, max_pixels: int, limits: RequestLimits):
+    """Image bytes -> the adapter's input, with decoding's own checks from the header (pixels, aspect
+    ratio, memory): 413 over a limit."""
     try:
-        return model.preprocess(name, data, max_pixels)
+        return model.preprocess(name, data, max_pixels, max_aspect=limits.max_aspect, max_bytes=limits.max_decode_bytes)
     except TooLarge as err:
-        raise HTTPException(413, f"image over the pixel limit: {err}") from None
+        raise HTTPException(413, f"image too large: {err}") from None
     except BadImage as err:
         raise HTTPException(400, f"cannot read image: {err}") from None
+
+
+async def bounded_decode(state, name: str, data: bytes):
+    """decode() on a worker thread, at most ``max_decodes`` at once. The slot is freed when the thread
+    ends, not when its request is cancelled: a timed-out decode still runs, and still holds its memory."""
+    await state.decodes.acquire()
+    try:
+        job = asyncio.get_running_loop().run_in_executor(
+            None, decode, state.model, name, data, state.limits.max_pixels, state.request_limits
+        )
+    except BaseException:
+        state.decodes.release()
+        raise
+    job.add_done_callback(lambda _: state.decodes.release())
+    return await asyncio.shield(job)  # a cancelled request must not cancel the future (and free the slot early)
+
+
+async def answer(request: Request, name: str):
+    """Read, decode and queue one image: the adapter's probability row."""
+    state = request.app.state
+    data = await image_bytes(request, state.limits.max_bytes, state.request_limits.read_timeout)
+    pixels = await bounded_decode(state, name, data)
+    try:
+        async with state.model.pool.use(name):  # pinned while queued: no other adapter's load evicts it
+            return await state.batcher.submit(name, pixels)
+    except QueueFull as err:
+        raise HTTPException(503, f"server busy: {err}", headers={"Retry-After": str(RETRY_AFTER)}) from None
+    except KeyError:
+        raise HTTPException(404, f"adapter {name!r} was removed") from None
+    except UserError as err:  # its files would not load: GET /v1/adapters shows the same last_error
+        raise HTTPException(503, f"adapter {name!r} cannot be loaded: {err}") from None
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -136,7 +198,15 @@ async def healthz(request: Request):
 @router.get("/v1/adapters")
 async def adapters(request: Request):
     model = request.app.state.model
-    return {"base": model.base, "adapters": [a.describe() for a in model.adapters.values()]}
+    return {"base": model.base, "max_resident": model.pool.max_resident, "adapters": model.listing()}
+
+
+@router.post("/v1/rescan", responses={401: {"description": "wrong admin token"}, 403: {"description": "admin off"}})
+async def rescan(request: Request):
+    """Catalog the adapter runs that appeared under --adapter-dir since the start (loaded on first use)."""
+    model = admin.authorized(request)
+    added = await asyncio.to_thread(model.rescan)
+    return {"added": added, "adapters": len(model.adapters)}
 
 
 @router.post("/v1/classify")
@@ -144,47 +214,9 @@ async def classify(request: Request, adapter: str | None = Query(None), top_k: i
     """The image as multipart field ``file`` or as the raw request body."""
     state = request.app.state
     name = known(state.model, adapter)
-    data = await image_bytes(request, state.limits.max_bytes)
-    pixels = await asyncio.to_thread(decode, state.model, name, data, state.limits.max_pixels)
+    timeout = state.request_limits.request_timeout
     try:
-        probs = await state.batcher.submit(name, pixels)
-    except KeyError:
-        raise HTTPException(404, f"adapter {name!r} was removed") from None
+        probs = await asyncio.wait_for(answer(request, name), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise HTTPException(504, f"no answer within {timeout:g} s", headers={"Connection": "close"}) from None
     return {"adapter": name, "predictions": state.model.top_k(name, probs, top_k)}
-
-
-def admin(request: Request) -> MultiAdapterModel:
-    if not request.app.state.limits.allow_admin:
-        raise HTTPException(403, "adapter management is off: start the server with --allow-admin")
-    return request.app.state.model
-
-
-@router.post("/v1/adapters/{name}", status_code=201)
-async def add_adapter(request: Request, name: str, body: dict = Body(..., examples=[{"path": "runs/food-lora"}])):
-    model = admin(request)
-    path = body.get("path")
-    if not isinstance(path, str) or not path:
-        raise HTTPException(400, 'body must be JSON {"path": "<imgtune output directory>"}')
-    try:
-        check_name(name)
-    except UserError as err:
-        raise HTTPException(400, str(err)) from None
-    if name in model.adapters:
-        raise HTTPException(409, f"adapter {name!r} is already loaded: DELETE it first")
-    try:
-        added = await asyncio.to_thread(model.add, name, path)
-    except UserError as err:
-        raise HTTPException(400, str(err)) from None
-    return added.describe()
-
-
-@router.delete("/v1/adapters/{name}")
-async def delete_adapter(request: Request, name: str):
-    model = admin(request)
-    if name not in model.adapters:
-        raise HTTPException(404, f"unknown adapter {name!r}")
-    try:
-        await asyncio.to_thread(model.remove, name)
-    except UserError as err:
-        raise HTTPException(409, str(err)) from None
-    return {"deleted": name}

@@ -11,87 +11,29 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import peft
 import torch
-from safetensors import safe_open
-from transformers import AutoConfig, AutoImageProcessor
+from peft.utils import load_peft_weights, set_peft_model_state_dict
 
 from imgtune.data.decode import MAX_PIXELS, decode_rgb
 from imgtune.data.samples import hwc_tensor, stack_images
-from imgtune.data.transforms import BatchNormalizer, ImageSpec, eval_transform
+from imgtune.data.transforms import BatchNormalizer, eval_transform
 from imgtune.errors import UserError
 from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
 from imgtune.inference.predict import top_k
 from imgtune.preflight import check_model_files, looks_like_path
-from imgtune.rundir import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    check_complete,
-    check_head_size,
-    labels_of,
-    method_of,
-    read_json_config,
-)
-from imgtune.tuning.methods import Method
+from imgtune.rundir import ADAPTER_CONFIG, read_json_config
+from imgtune.serve.catalog import NAME_PATTERN, Adapter, Catalog, check_name, read_adapter
+from imgtune.serve.pool import ResidentPool
 from imgtune.tuning.pretrained import load_base_model
 
+__all__ = ["NAME_PATTERN", "Adapter", "MultiAdapterModel", "check_name", "read_adapter"]
+
 log = logging.getLogger(__name__)
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: peft uses names as ModuleDict keys
-
-
-@dataclass
-class Adapter:
-    name: str
-    path: Path
-    labels: list[str]
-    method: str
-    mixed_batch: bool
-    spec: ImageSpec
-    trained_on: str | None = None  # the base recorded in adapter_config.json
-    handler: Method | None = None  # the registry's method: how its adapters load quietly
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "method": self.method,
-            "num_labels": len(self.labels),
-            "labels": self.labels,
-            "image_size": self.spec.size,
-            "mixed_batch": self.mixed_batch,
-        }
-
-
-def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise UserError(f"adapter name {name!r} must match {NAME_PATTERN.pattern}")
-    return name
-
-
-def read_adapter(name: str, path: str | Path) -> Adapter:
-    out = Path(path).expanduser()
-    if not (out / ADAPTER_CONFIG).is_file() or not (out / "config.json").is_file():
-        raise UserError(f"{out} is not an imgtune adapter run (needs adapter_config.json and config.json)")
-    check_complete(out)
-    labels = labels_of(read_json_config(out, "config.json", AutoConfig.from_pretrained))
-    check_head_size(out, len(labels))
-    peft_config = read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
-    method = method_of(out)
-    spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
-    return Adapter(
-        check_name(name),
-        out,
-        labels,
-        method.name,
-        # from the adapter's own config, not its method's name: a LoRA run with use_dora cannot mix
-        method.mixed_batch and not getattr(peft_config, "use_dora", False),
-        spec,
-        peft_config.base_model_name_or_path,
-        method,
-    )
 
 
 def same_model(a: str, b: str) -> bool:
@@ -115,95 +57,157 @@ def error_gist(err: BaseException, limit: int = 300) -> str:
     return gist + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")
 
 
-def head_tensors(path: Path, prefixes: list[str]) -> dict[str, torch.Tensor]:
-    """The saved tensors under ``prefixes`` (the head copies) only: peft has already read the rest."""
-    with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(tuple(prefixes))}
-
-
 class MultiAdapterModel:
-    """A PeftModel holding every adapter; ``lock`` serialises forwards with adapter loads/deletes."""
+    """A peft model on one base holding the resident adapters; ``lock`` serialises forwards with attaching
+    and detaching adapters. Which adapters exist is the catalog's business (``adapters``), which are on the
+    model the pool's (``pool``); a load reads the adapter's files before it takes the lock."""
 
     def __init__(
-        self, base: str, adapters: list[tuple[str, str | Path]], device: str | None = None, precision: str = "auto"
+        self,
+        base: str,
+        adapters: list[tuple[str, str | Path]],
+        device: str | None = None,
+        precision: str = "auto",
+        adapter_dirs: list[str | Path] = (),
+        max_resident: int | None = None,
+        preload: list[str] = (),
     ):
-        if not adapters:
-            raise UserError("give at least one --adapter NAME=OUTPUT_DIR")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device.type)
         self.lock = threading.Lock()
-        self.adapters: dict[str, Adapter] = {}
+        self.base = base
+        self.catalog = Catalog(adapter_dirs)
+        start = self._fill_catalog(adapters, preload)
+        self.mixed_types = self._check_types()
+        self.pool = ResidentPool(self._load_from_disk, self._detach, max_resident)
+        self._build(self.adapters[start[0]])
+        for name in start[1:]:  # named on the command line: a broken one stops the start, as it always did
+            error = self.pool.ensure([name]).get(name)
+            if error is not None:
+                raise error
+
+    @property
+    def adapters(self) -> dict[str, Adapter]:
+        return self.catalog.adapters
+
+    def _fill_catalog(self, adapters: list[tuple[str, str | Path]], preload: list[str]) -> list[str]:
+        """The catalog from --adapter and --adapter-dir; returns the adapters to load at start."""
         names = [check_name(n) for n, _ in adapters]
         if len(set(names)) != len(names):
             raise UserError(f"adapter names must be unique: {', '.join(names)}")
-        first = read_adapter(*adapters[0])
-        types = {
-            read_json_config(Path(p).expanduser(), ADAPTER_CONFIG, peft.PeftConfig.from_pretrained).peft_type
-            for _, p in adapters
-        }
+        for name, path in adapters:
+            self.catalog.add(name, path)
+        self.catalog.scan()
+        if not self.adapters:
+            raise UserError("give at least one --adapter NAME=OUTPUT_DIR, or an --adapter-dir that holds adapter runs")
+        unknown = [n for n in preload if n not in self.adapters]
+        if unknown:
+            raise UserError(f"--preload {', '.join(unknown)}: no such adapter (known: {', '.join(self.adapters)})")
+        # peft needs one adapter to make its model: the first named, else the first found
+        return list(dict.fromkeys([*names, *preload])) or [next(iter(self.adapters))]
+
+    def _check_types(self) -> bool:
         # A PeftModel holds one peft type only; adapters of several types (LoRA + LoHa + ...) need peft's
         # PeftMixedModel, which has no adapter_names mixed-batch forward: batches are grouped by adapter then.
-        self.mixed_types = len(types) > 1
-        if self.mixed_types:
-            from peft.tuners.mixed import COMPATIBLE_TUNER_TYPES
+        types = {a.peft_type for a in self.adapters.values()}
+        if len(types) <= 1:
+            return False
+        from peft.tuners.mixed import COMPATIBLE_TUNER_TYPES
 
-            bad = sorted(t.value for t in types if t not in COMPATIBLE_TUNER_TYPES)
-            if bad:
-                raise UserError(
-                    f"peft cannot hold {', '.join(bad)} adapters beside other adapter types on one base: "
-                    f"serve them in their own server (mixable: {', '.join(t.value for t in COMPATIBLE_TUNER_TYPES)})"
-                )
+        mixable = [t.value for t in COMPATIBLE_TUNER_TYPES]
+        bad = sorted(t for t in types if t not in mixable)
+        if bad:
+            raise UserError(
+                f"peft cannot hold {', '.join(bad)} adapters beside other adapter types on one base: "
+                f"serve them in their own server (mixable: {', '.join(mixable)})"
+            )
+        return True
+
+    def _build(self, first: Adapter) -> None:
+        started = time.perf_counter()
+        if looks_like_path(self.base):
+            check_model_files(self.base)  # pickled weights are refused in one line, as everywhere
+        base_model = load_base_model(self.base, first.labels)
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
-        self.base = base
-        if looks_like_path(base):
-            check_model_files(base)  # pickled weights are refused in one line, as everywhere
-        base_model = load_base_model(base, first.labels)
         try:
             with first.handler.quiet():
                 self.model = cls.from_pretrained(base_model, first.path, adapter_name=first.name)
         except (RuntimeError, ValueError, KeyError) as err:
             raise self._load_error(first, error_gist(err)) from None
         self.model.to(self.device).eval()
+        self.peft_type = first.peft_type
         self._warn_other_base(first)
-        self.adapters[first.name] = first
         self.normalizers = {first.spec: BatchNormalizer(first.spec).to(self.device)}
-        for name, path in adapters[1:]:
-            self.add(name, path)
+        self.pool.mark_resident(first.name, time.perf_counter() - started)
 
     # --- adapters --------------------------------------------------------------------
 
     def add(self, name: str, path: str | Path) -> Adapter:
-        adapter = read_adapter(name, path)
-        with self.lock:
-            if name in self.adapters:
-                raise UserError(f"adapter {name!r} is already loaded")
-            try:
-                skipped = self._load_adapter(adapter)
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise self._load_error(adapter, error_gist(err)) from None
-            try:
-                # only head copies may differ in shape (another class count); any other skipped tensor means
-                # the adapter was trained on another architecture and would serve with untrained weights
-                foreign = [k for k in skipped if ".modules_to_save." not in k]
-                if foreign:
-                    more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-                    raise self._load_error(adapter, f"size mismatch for {foreign[0]}{more}")
-                self._fit_heads(adapter)
-            except UserError:
-                self.model.delete_adapter(name)
-                raise
-            self.model.to(self.device).eval()
-            self.adapters[name] = adapter
-            self.normalizers.setdefault(adapter.spec, BatchNormalizer(adapter.spec).to(self.device))
-        self._warn_other_base(adapter)
+        """Catalog an adapter and load it now, so that a broken one is refused with its reason."""
+        adapter = self.catalog.add(check_name(name), path)
+        error = self.pool.ensure([name]).get(name)
+        if error is not None:
+            self.catalog.remove(name)
+            self.pool.last_error.pop(name, None)
+            raise error
         return adapter
 
-    def _load_adapter(self, adapter: Adapter) -> list[str]:
-        """load_adapter, skipping tensors whose shape differs from this model's; returns their names."""
+    def rescan(self) -> list[str]:
+        """Catalog the runs that appeared under the --adapter-dir folders; they load on first use."""
+        return self.catalog.scan()
+
+    def listing(self) -> list[dict]:
+        return [{**a.describe(), **self.pool.state_of(a.name)} for a in list(self.adapters.values())]
+
+    def _load_from_disk(self, name: str) -> None:
+        """The pool's loader: read the files with no lock held, then attach under the lock.
+
+        peft's ``load_adapter`` reads the files itself, so it is not used here; what it does after reading
+        (``add_adapter`` + ``set_peft_model_state_dict``, peft 0.21) is done from the already-read state."""
+        adapter = self.adapters[name]
+        if not self.mixed_types and adapter.peft_type != self.peft_type:
+            raise UserError(
+                f"adapter {name!r} is {adapter.peft_type} and this server was started with {self.peft_type} "
+                "adapters only: peft holds several types on one base only when they are all there at start "
+                "(restart with it among them)"
+            )
+        config = read_json_config(adapter.path, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
+        config.inference_mode = True
+        try:
+            weights = load_peft_weights(str(adapter.path), device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type: a damaged file is the adapter's fault
+            raise self._load_error(adapter, error_gist(err)) from None
+        with self.lock:
+            self._attach(adapter, config, weights)
+        self._warn_other_base(adapter)
+
+    def _attach(self, adapter: Adapter, config, weights: dict[str, torch.Tensor]) -> None:
+        try:
+            skipped = self._set_weights(adapter, config, weights)
+            # only head copies may differ in shape (another class count); any other skipped tensor means
+            # the adapter was trained on another architecture and would serve with untrained weights
+            foreign = [k for k in skipped if ".modules_to_save." not in k]
+            if foreign:
+                more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+                raise self._load_error(adapter, f"size mismatch for {foreign[0]}{more}")
+            self._fit_heads(adapter, weights)
+        except (RuntimeError, ValueError, KeyError, UserError) as err:
+            if adapter.name in self.model.peft_config:
+                self.model.delete_adapter(adapter.name)
+            raise err if isinstance(err, UserError) else self._load_error(adapter, error_gist(err)) from None
+        self.model.to(self.device).eval()
+        self.normalizers.setdefault(adapter.spec, BatchNormalizer(adapter.spec).to(self.device))
+
+    def _set_weights(self, adapter: Adapter, config, weights: dict[str, torch.Tensor]) -> list[str]:
+        """What load_adapter does once it has read the files, skipping tensors whose shape differs from
+        this model's; returns their names."""
         with warnings.catch_warnings(record=True) as caught, adapter.handler.quiet():
             # peft names the skipped tensors only in this warning; it is read here, not shown
             warnings.filterwarnings("always", message=".*ignore_mismatched_sizes.*")
-            self.model.load_adapter(str(adapter.path), adapter_name=adapter.name, ignore_mismatched_sizes=True)
+            self.model.add_adapter(adapter.name, config)
+            set_peft_model_state_dict(self.model, weights, adapter_name=adapter.name, ignore_mismatched_sizes=True)
+            if self.mixed_types:  # as PeftMixedModel.load_adapter does after loading
+                self.model.set_adapter(self.model.active_adapters)
         skipped = []
         for caught_warning in caught:
             text = str(caught_warning.message)
@@ -228,7 +232,7 @@ class MultiAdapterModel:
         if adapter.trained_on and not same_model(adapter.trained_on, self.base):
             log.warning("adapter %r was trained on %s, serving it on %s", adapter.name, adapter.trained_on, self.base)
 
-    def _fit_heads(self, adapter: Adapter) -> None:
+    def _fit_heads(self, adapter: Adapter, saved: dict[str, torch.Tensor]) -> None:
         """Rebuild the Linear layers of this adapter's head copies whose shape differs from the saved weights,
         then load them. A copy is usually one Linear (imgtune saves head Linear layers); a peft adapter saved
         with a whole head block (ResNet's Flatten + Linear) has its Linear layers rebuilt inside the block."""
@@ -237,7 +241,7 @@ class MultiAdapterModel:
             for name, module in self.model.named_modules()
             if isinstance(module, peft.utils.other.ModulesToSaveWrapper) and adapter.name in module.modules_to_save
         }
-        weights = head_tensors(adapter.path, list(wrappers))
+        weights = {k: v for k, v in saved.items() if k.startswith(tuple(wrappers))}
         for prefix, module in wrappers.items():
             module_name = prefix[:-1]
             own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -269,44 +273,65 @@ class MultiAdapterModel:
                 else:
                     module.modules_to_save[adapter.name] = new
 
-    def remove(self, name: str) -> None:
+    def _detach(self, name: str) -> None:
         with self.lock:
-            if name not in self.adapters:
-                raise KeyError(name)
-            if len(self.adapters) == 1:
-                raise UserError("cannot remove the last adapter")
+            if name not in self.model.peft_config:
+                return
+            others = [n for n in self.model.peft_config if n != name]
+            if not others:  # the pool keeps one adapter on the model: peft cannot hold none
+                raise UserError(f"cannot unload {name!r}: it is the only adapter on the model")
             if name == self.model.active_adapter:
-                self.model.set_adapter(next(n for n in self.adapters if n != name))
+                self.model.set_adapter(others[0])
             self.model.delete_adapter(name)
-            del self.adapters[name]
+
+    def remove(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(name)
+        if len(self.adapters) == 1:
+            raise UserError("cannot remove the last adapter")
+        if set(self.pool.resident) <= {name}:  # peft cannot hold no adapter: bring another one in first
+            other = next(n for n in self.adapters if n != name)
+            error = self.pool.ensure([other]).get(other)
+            if error is not None:
+                raise UserError(f"cannot remove {name!r}: no other adapter could take its place ({error})")
+        self.catalog.remove(name)
+        self.pool.forget(name)
 
     # --- inference -------------------------------------------------------------------
 
-    def preprocess(self, name: str, data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-        """Image bytes -> uint8 CHW at the adapter's size, as Predictor's data loader does it."""
+    def preprocess(self, name: str, data: bytes, max_pixels: int = MAX_PIXELS, **limits) -> torch.Tensor:
+        """Image bytes -> uint8 CHW at the adapter's size, as Predictor's data loader does it.
+        ``limits``: decode_rgb's other header checks (max_aspect, max_bytes)."""
         spec = self.adapters[name].spec
-        return eval_transform(spec)(hwc_tensor(decode_rgb(data, spec.size, max_pixels)))
+        return eval_transform(spec)(hwc_tensor(decode_rgb(data, spec.size, max_pixels, **limits)))
 
     @torch.inference_mode()
-    def probabilities(self, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    def probabilities(self, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
         """One probability row per (adapter name, image): mixed-batch forward where every adapter in a
-        group supports it and shares head width and input size, one forward per adapter otherwise."""
-        groups: dict[tuple, list[int]] = {}
-        for i, name in enumerate(names):
-            a = self.adapters[name]
-            mixable = a.mixed_batch and not self.mixed_types
-            key = ("mixed", len(a.labels), a.spec) if mixable else ("single", name)
-            groups.setdefault(key, []).append(i)
+        group supports it and shares head width and input size, one forward per adapter otherwise.
+        The batch's adapters are pinned (never evicted while it runs) and made resident first, outside the
+        lock; an adapter that cannot load (or was removed) fails its own rows only."""
         rows: list[torch.Tensor | Exception | None] = [None] * len(names)
-        with self.lock:
-            for key, idx in groups.items():
-                try:
-                    probs = self.group_probabilities(key[0] == "mixed", [names[i] for i in idx],
-                                                     [pixels[i] for i in idx])  # fmt: skip
-                except Exception as err:  # noqa: BLE001 - only this group's requests get the error
-                    probs = [err] * len(idx)
-                for j, i in enumerate(idx):
-                    rows[i] = probs[j]
+        with self.pool.pinned(names):
+            failed = self.pool.ensure(names, count=False)
+            groups: dict[tuple, list[int]] = {}
+            for i, name in enumerate(names):
+                a = self.adapters.get(name)
+                if name in failed or a is None:
+                    rows[i] = failed.get(name) or KeyError(name)
+                    continue
+                mixable = a.mixed_batch and not self.mixed_types
+                key = ("mixed", len(a.labels), a.spec) if mixable else ("single", name)
+                groups.setdefault(key, []).append(i)
+            with self.lock:
+                for key, idx in groups.items():
+                    try:
+                        probs = self.group_probabilities(key[0] == "mixed", [names[i] for i in idx],
+                                                         [pixels[i] for i in idx])  # fmt: skip
+                    except Exception as err:  # noqa: BLE001 - only this group's requests get the error
+                        probs = [err] * len(idx)
+                    for j, i in enumerate(idx):
+                        rows[i] = probs[j]
         return rows
 
     def group_probabilities(self, mixed: bool, names: list[str], pixels: list[torch.Tensor]) -> torch.Tensor:
