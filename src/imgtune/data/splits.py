@@ -174,6 +174,8 @@ def eval_split_of(
     ds = pick_split(dd, name, name)
     if ds is None:
         raise UserError(f"dataset {spec!r} has no {split!r} split (it has {', '.join(dd)})")
+    if not split and len(dd) == 1:
+        name = "all images"  # a source without splits (a folder of class folders, a CSV): say so, not "train"
     ds = standardize(ds, image_column, label_column)
     names = ds.features["label"].names
     unknown = sorted(set(names) - set(labels))
