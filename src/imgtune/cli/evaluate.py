@@ -59,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
-        f"on {metrics['count']:,} images ({metrics['split']} split of {metrics['dataset']})"
+        f"on {metrics['count']:,} images ({scored(metrics)})"
     )
     if metrics["bad_files"]:
         print(f"skipped {metrics['bad_files']} unreadable image(s)", file=sys.stderr)
     return 0
+
+
+def scored(metrics: dict) -> str:
+    split = metrics["split"]
+    return f"{split} of {metrics['dataset']}" if split == "all images" else f"{split} split of {metrics['dataset']}"
