@@ -65,6 +65,46 @@ def save_tiny_vit(path: Path, num_labels: int = 2, image_size: int = 32, seed: i
     return path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list, log_path: Path, env: dict | None = None) -> tuple[subprocess.Popen, str, int]:
+    """``imgtune serve ARGS`` on a free loopback port, CPU, fp32; returns once /livez answers
+    (the process, its URL, its port). The server's output goes to ``log_path``, shown if it fails to start."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "imgtune", "serve", "--port", str(port), "--device", "cpu", "--precision", "fp32"]
+    log = open(log_path, "w+")  # noqa: SIM115 - stays open for the server's lifetime
+    proc = subprocess.Popen([*cmd, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
+                return proc, url, port
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.seek(0)
+            pytest.fail(f"server did not start:\n{log.read()}")
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """The real console entry point, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -6,9 +6,6 @@ import io
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, tiny_train_config, write_class_folder
+from conftest import free_port, run_cli, start_server, stop_server, tiny_train_config, write_class_folder
 from imgtune.data.decode import BadImage, decode_rgb
 from imgtune.data.samples import stack_images
 from imgtune.errors import UserError
@@ -25,12 +22,6 @@ from imgtune.serve.engine import MultiAdapterModel
 from imgtune.tuning.recipe import train
 
 TWO = {"red": (200, 40, 40), "blue": (40, 60, 200)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,49 +36,11 @@ def runs(tmp_path_factory, tiny_vit, colour_folder, lora_run):
 
 @pytest.fixture(scope="module")
 def server(runs, tiny_vit, tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve-log") / "server.log", "w+")
-    cmd = [
-        sys.executable,
-        "-m",
-        "imgtune",
-        "serve",
-        "--base",
-        str(tiny_vit),
-        "--port",
-        str(port),
-        "--max-batch",
-        "16",
-        "--max-wait-ms",
-        "20",
-        "--max-bytes",
-        "200000",
-        "--max-pixels",
-        "1000000",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-        *[f"--adapter={n}={p}" for n, p in runs.items()],
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            proc.kill()
-            pytest.fail(f"server did not start:\n{log.read()}")
-        time.sleep(0.2)
+    args = ["--base", tiny_vit, "--max-batch", "16", "--max-wait-ms", "20", "--max-bytes", "200000",
+            "--max-pixels", "1000000", *[f"--adapter={n}={p}" for n, p in runs.items()]]  # fmt: skip
+    proc, url, _ = start_server(args, tmp_path_factory.mktemp("serve-log") / "server.log")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,16 +13,10 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import run_cli
+from conftest import free_port, run_cli, start_server, stop_server
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,31 +33,12 @@ def root(tmp_path_factory, lora_run):
 
 @pytest.fixture(scope="module")
 def server(root, lora_run, tiny_vit, tmp_path_factory):
-    port = free_port()
     log_path = tmp_path_factory.mktemp("admin-log") / "server.log"
-    log = open(log_path, "w+")
-    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(tiny_vit), "--adapter", f"a={lora_run}"]
-    cmd += ["--port", str(port), "--device", "cpu", "--precision", "fp32", "--allow-admin"]
-    cmd += ["--adapter-root", str(root), "--log-level", "info"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMGTUNE_ADMIN_TOKEN": TOKEN}  # the token from the environment
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            proc.kill()
-            pytest.fail(f"server did not start:\n{log.read()}")
-        time.sleep(0.2)
+    args = ["--base", tiny_vit, "--adapter", f"a={lora_run}", "--allow-admin", "--adapter-root", root]
+    # the token from the environment
+    proc, url, _ = start_server([*args, "--log-level", "info"], log_path, env={"IMGTUNE_ADMIN_TOKEN": TOKEN})
     yield url, log_path
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    stop_server(proc)
 
 
 def png() -> bytes:

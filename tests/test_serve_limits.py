@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import socket
 import struct
@@ -23,37 +22,15 @@ import psutil
 import pytest
 from PIL import Image
 
+from conftest import start_server as start_imgtune_serve
 from imgtune.data.decode import TooLarge, decode_cost, decode_rgb
 
 DECODE_BUDGET = 20_000_000  # --max-decode-bytes of the test server: the bound its peak memory is checked against
 READ_TIMEOUT = 2.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(tiny_vit: Path, lora_run: Path, log: Path, *flags: str) -> tuple[subprocess.Popen, str, int]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "imgtune", "serve", "--base", str(tiny_vit), f"--adapter=a={lora_run}"]
-    cmd += ["--port", str(port), "--device", "cpu", "--precision", "fp32", *flags]
-    out = open(log, "w+")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url, port
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out.seek(0)
-            pytest.fail(f"server did not start:\n{out.read()}")
-        time.sleep(0.2)
+    return start_imgtune_serve(["--base", tiny_vit, f"--adapter=a={lora_run}", *flags], log)
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import start_server, stop_server
 from imgtune.inference.predict import Predictor
 from imgtune.rundir import ADAPTER_WEIGHTS, load_run
 from imgtune.serve.engine import MultiAdapterModel
 from imgtune.serve.pool import ResidentPool
-from test_serve import free_port
 
 NAMES = [f"p{i}" for i in range(5)]
 TOKEN = "pool-test-token"
@@ -143,32 +140,11 @@ def test_an_adapter_that_will_not_load_fails_only_its_own_requests(tiny_vit, ada
     assert state["good"] == {**state["good"], "resident": True, "loads": 1, "last_error": None}
 
 
-def start_server(args: list[str], log_path):
-    port = free_port()
-    log = open(log_path, "w+")
-    cmd = [sys.executable, "-m", "imgtune", "serve", "--port", str(port), "--device", "cpu", "--precision", "fp32"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd + args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                return proc, url, log
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            proc.kill()
-            pytest.fail(f"server did not start:\n{log.read()}")
-        time.sleep(0.2)
-
-
 def test_server_with_an_adapter_dir_answers_for_each_adapter_and_rescans(
     tiny_vit, adapter_dir, images, expected, tmp_path
 ):
     args = ["--base", str(tiny_vit), "--adapter-dir", str(adapter_dir), "--max-resident", "2", "--preload", "p1"]
-    proc, url, log = start_server([*args, "--allow-admin", "--admin-token", TOKEN], tmp_path / "server.log")
+    proc, url, _ = start_server([*args, "--allow-admin", "--admin-token", TOKEN], tmp_path / "server.log")
     try:
         listing = httpx.get(f"{url}/v1/adapters").json()
         assert [a["name"] for a in listing["adapters"]] == NAMES and listing["max_resident"] == 2
@@ -202,7 +178,5 @@ def test_server_with_an_adapter_dir_answers_for_each_adapter_and_rescans(
         r = call(("p5", 0))[1]
         assert r.status_code == 200 and same_scores(r.json()["predictions"], expected["p2"][0])
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        stop_server(proc)
         shutil.rmtree(adapter_dir / "p5", ignore_errors=True)

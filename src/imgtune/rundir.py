@@ -54,14 +54,25 @@ RUN_FILES = (
 def publish_run(out: Path, fill: Callable[[Path], None]) -> None:
     """Write a run directory through ``fill`` and publish it whole (storage.publish_dir). What the
     directory holds besides an earlier run's files (checkpoints/, logs/, the user's own) is kept."""
-    kept = tuple(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else ()
+    kept = tuple(p.name for p in out.iterdir() if not is_run_file(p.name)) if out.is_dir() else ()
     publish_dir(out, fill, carry=kept)
+
+
+def is_run_file(name: str) -> bool:
+    """Written by train: the files above, and weights in any layout (a large full model is saved in
+    shards, model-00001-of-00002.safetensors with an index), which an earlier run must not leave behind."""
+    return name in RUN_FILES or name.endswith((".safetensors", ".bin", ".index.json"))
 
 
 def required_files(out: Path) -> list[str]:
     if (out / ADAPTER_CONFIG).is_file():
         return [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "config.json", "preprocessor_config.json"]
-    return ["config.json", "model.safetensors", "preprocessor_config.json"]
+    sharded = (out / "model.safetensors.index.json").is_file()
+    return [
+        "config.json",
+        "model.safetensors.index.json" if sharded else "model.safetensors",
+        "preprocessor_config.json",
+    ]
 
 
 def check_complete(out: Path) -> None:

@@ -125,22 +125,26 @@ def _order(split: str) -> int:
 
 def shared_images(layout: FolderLayout) -> list[tuple[Path, Path]]:
     """Pairs of files in different splits with the same content: a test image seen in training
-    makes the test score a memory test."""
+    makes the test score a memory test. Only files whose size occurs in two splits are read and
+    hashed, so a large folder costs one stat per file, not a second read of every image."""
     if len(layout.splits) < 2:
         return []
-    seen: dict[str, Path] = {}
-    split_of: dict[Path, str] = {}
-    pairs = []
+    by_size: dict[int, list[tuple[str, Path]]] = {}
     for split, classes in layout.splits.items():
         for files in classes.values():
             for path in files:
-                if not path.is_file():  # a FIFO or device: never opened (decoding counts it as unreadable)
-                    continue
-                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-                first = seen.setdefault(digest, path)
-                split_of[path] = split
-                if first is not path and split_of[first] != split:
-                    pairs.append((first, path))
+                if path.is_file():  # a FIFO or device: never opened (decoding counts it as unreadable)
+                    by_size.setdefault(path.stat().st_size, []).append((split, path))
+    pairs = []
+    for same_size in by_size.values():
+        if len({split for split, _ in same_size}) < 2:
+            continue
+        first: dict[str, tuple[str, Path]] = {}
+        for split, path in same_size:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            earlier = first.setdefault(digest, (split, path))
+            if earlier[0] != split:
+                pairs.append((earlier[1], path))
     return pairs
 
 

@@ -26,6 +26,7 @@ from accelerate.utils import broadcast_object_list
 from PIL import Image
 
 from imgtune.config import AUTO_FIELDS, TrainConfig
+from imgtune.data.decode import check_regular
 from imgtune.inference.precision import cpu_has_native_bf16, faster_cpu_precision, precision_name, resolve_precision
 from imgtune.tuning.accelerated import find_epoch_sampler, make_accelerator
 from imgtune.tuning.checkpoint import STATE, find_checkpoint
@@ -73,6 +74,8 @@ def look_at_images(rows, seed: int, count: int = SAMPLE_IMAGES) -> ImageStats | 
         image = rows[int(index)]["image"]
         try:
             source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+            if not isinstance(source, io.BytesIO):
+                check_regular(source)  # a FIFO named like an image would block this look forever
             with Image.open(source) as img:
                 sides.append(min(img.size))
                 grey += img.mode in GREYSCALE_MODES

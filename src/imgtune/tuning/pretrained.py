@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from imgtune.errors import UserError
+from imgtune.preflight import looks_like_path
 
 # transformers 5 renamed ViT-style projections; seeds and older checkpoints use the old names.
 TARGET_ALIASES = {
@@ -46,7 +47,7 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if looks_like_path(name):
         raise UserError(f"model {name!r} is not a directory holding a saved model (config.json)")
     return name
 
