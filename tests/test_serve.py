@@ -293,3 +293,47 @@ def test_a_dora_adapter_among_lora_ones_does_not_break_the_server(tmp_path, tiny
         model.forward_leaving_no_hooks(pixel_values=batch, adapter_names=["a", "d"])
     after = model.probabilities(names, pixels)
     assert all((x - y).abs().max() < 1e-6 for x, y in zip(rows, after))
+
+
+def test_adapters_of_different_class_counts_share_one_backbone_pass(tiny_vit, runs, images):
+    """a (3 classes), b (2 classes) and c (3 classes, other weights) in one batch: the backbone runs once,
+    each row gets its own adapter's head, and every row equals that adapter's own model (fp32, unmerged)."""
+    model = MultiAdapterModel(str(tiny_vit), list(runs.items()), device="cpu", precision="fp32")
+    assert model.shared_head is not None
+    backbone = model.model.base_model.model.vit
+    passes = []
+    backbone.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0] if args else None))
+    names = ["a", "b", "c", "b", "a", "c"]
+    pixels = [model.preprocess(n, images[i].read_bytes()) for i, n in enumerate(names)]
+    rows = model.probabilities(names, pixels)
+    assert len(passes) == 1  # one backbone pass for the whole batch, whatever the class counts
+    assert [len(r) for r in rows] == [3, 2, 3, 2, 3, 3]
+    for i, (name, row) in enumerate(zip(names, rows)):
+        own = Predictor.from_dir(runs[name], device="cpu", precision="fp32", merge=False)
+        want = own.predict([str(images[i])], top_k=3)[0][0]["predictions"]
+        assert same_scores(model.top_k(name, row, 3), want, 1e-4), name
+
+
+def test_a_failing_shared_pass_puts_the_head_back(tiny_vit, runs, images):
+    model = MultiAdapterModel(str(tiny_vit), list(runs.items()), device="cpu", precision="fp32")
+    names = ["a", "b"]
+    pixels = [model.preprocess(n, images[0].read_bytes()) for n in names]
+    before = model.probabilities(names, pixels)
+    backbone = model.model.base_model.model.vit
+
+    def fail(module, args):
+        raise RuntimeError("out of memory")
+
+    handle = backbone.register_forward_pre_hook(fail)
+    rows = model.probabilities(names, pixels)
+    assert all(isinstance(r, RuntimeError) for r in rows)  # the group's requests get the error
+    handle.remove()
+    head = model.model.base_model.model.classifier
+    assert head is model.shared_head.wrapper  # not left as the pass-through
+    after = model.probabilities(names, pixels)
+    assert all((x - y).abs().max() < 1e-6 for x, y in zip(before, after))
+
+
+def same_scores(got: list[dict], want: list[dict], tolerance: float) -> bool:
+    score = {w["label"]: w["score"] for w in want}
+    return len(got) == len(want) and all(abs(g["score"] - score[g["label"]]) <= tolerance for g in got)

@@ -180,3 +180,18 @@ def test_server_with_an_adapter_dir_answers_for_each_adapter_and_rescans(
     finally:
         stop_server(proc)
         shutil.rmtree(adapter_dir / "p5", ignore_errors=True)
+
+
+def test_a_byte_budget_keeps_the_resident_weights_under_it(tiny_vit, adapter_dir, images, expected):
+    one = sum(t.numel() * t.element_size() for t in load_file(adapter_dir / "p0" / ADAPTER_WEIGHTS).values())
+    budget = 2 * one + one // 2  # room for two adapters' tensors, not three
+    model = MultiAdapterModel(str(tiny_vit), [], "cpu", "fp32", [adapter_dir], max_resident_bytes=budget)
+    pool, data = model.pool, images[0].read_bytes()
+    for name in NAMES:
+        row = model.probabilities([name], [model.preprocess(name, data)])[0]
+        assert same_scores(model.top_k(name, row, 3), expected[name][0]), name
+        settle(model)
+        assert pool.resident_bytes <= budget and name in pool.resident
+    assert len(pool.resident) == 2 and pool.evictions == len(NAMES) - 2
+    assert set(model.model.peft_config) == set(pool.resident)
+    assert all(a["bytes"] == one for a in model.listing() if a["resident"])

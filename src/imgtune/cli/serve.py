@@ -25,6 +25,20 @@ def port_number(value: str) -> int:
     return port
 
 
+def byte_count(value: str) -> int:
+    """argparse type for sizes: a number of bytes, or with a K/M/G suffix (powers of 1024)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        size = int(float(number) * scale)
+    except (ValueError, OverflowError):  # "inf" parses as a float
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size (bytes, or a number with K, M or G)") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a size must be at least 1 byte")
+    return size
+
+
 def parse_adapters(values: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for value in values:
@@ -69,6 +83,12 @@ def add_command(subparsers) -> None:
         type=int,
         metavar="N",
         help="most adapters on the model at once; the least recently used is unloaded (default: no limit)",
+    )
+    p.add_argument(
+        "--max-resident-bytes",
+        type=byte_count,
+        metavar="SIZE",
+        help="most bytes of adapter weights on the model at once (e.g. 512M, 2G); least recently used unloaded first",
     )
     p.add_argument("--preload", default="", metavar="NAME,...", help="adapters to load at start, not on first use")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -181,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     check_listen(args.host, args.port)  # before the model: loading takes a while, a taken port is instant
     model = MultiAdapterModel(
         args.base, adapters, args.device, args.precision,
-        [args.adapter_dir] if args.adapter_dir else [], args.max_resident, preload,
+        [args.adapter_dir] if args.adapter_dir else [], args.max_resident, preload, args.max_resident_bytes,
     )  # fmt: skip
     app = create_app(
         model, args.max_batch, args.max_wait_ms, args.allow_admin, args.max_bytes, args.max_pixels, limits,

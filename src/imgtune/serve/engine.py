@@ -1,9 +1,5 @@
-"""One base model in memory, many adapters on it, each with its own label set and classifier head.
-
-peft keeps a per-adapter copy of the head (``ModulesToSaveWrapper.modules_to_save[name]``), but it makes
-that copy from the base model's head, so an adapter trained with a different number of classes would
-not load into it. For such an adapter the copy's Linear is rebuilt with the adapter's shape and filled
-from the adapter's own weights (peft is told to skip just those mismatched tensors).
+"""One base model in memory, many adapters on it, each with its own label set and classifier head
+(``heads``: a head of another class count, and one backbone pass for adapters of different class counts).
 """
 
 from __future__ import annotations
@@ -26,8 +22,9 @@ from imgtune.errors import UserError
 from imgtune.inference.precision import inference_autocast, resolve_device, resolve_precision
 from imgtune.inference.predict import top_k
 from imgtune.preflight import check_model_files, looks_like_path
-from imgtune.rundir import ADAPTER_CONFIG, read_json_config
+from imgtune.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_json_config
 from imgtune.serve.catalog import NAME_PATTERN, Adapter, Catalog, check_name, read_adapter
+from imgtune.serve.heads import SharedHead, fit_heads
 from imgtune.serve.pool import ResidentPool
 from imgtune.tuning.pretrained import load_base_model
 
@@ -71,6 +68,7 @@ class MultiAdapterModel:
         adapter_dirs: list[str | Path] = (),
         max_resident: int | None = None,
         preload: list[str] = (),
+        max_resident_bytes: int | None = None,
     ):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device.type)
@@ -79,7 +77,7 @@ class MultiAdapterModel:
         self.catalog = Catalog(adapter_dirs)
         start = self._fill_catalog(adapters, preload)
         self.mixed_types = self._check_types()
-        self.pool = ResidentPool(self._load_from_disk, self._detach, max_resident)
+        self.pool = ResidentPool(self._load_from_disk, self._detach, max_resident, max_resident_bytes)
         self._build(self.adapters[start[0]])
         for name in start[1:]:  # named on the command line: a broken one stops the start, as it always did
             error = self.pool.ensure([name]).get(name)
@@ -135,10 +133,12 @@ class MultiAdapterModel:
         except (RuntimeError, ValueError, KeyError) as err:
             raise self._load_error(first, error_gist(err)) from None
         self.model.to(self.device).eval()
+        self.shared_head = SharedHead.of(self.model)
         self.peft_type = first.peft_type
         self._warn_other_base(first)
         self.normalizers = {first.spec: BatchNormalizer(first.spec).to(self.device)}
-        self.pool.mark_resident(first.name, time.perf_counter() - started)
+        size = (first.path / ADAPTER_WEIGHTS).stat().st_size  # as read from disk: the tensors and a small header
+        self.pool.mark_resident(first.name, time.perf_counter() - started, size)
 
     # --- adapters --------------------------------------------------------------------
 
@@ -159,8 +159,9 @@ class MultiAdapterModel:
     def listing(self) -> list[dict]:
         return [{**a.describe(), **self.pool.state_of(a.name)} for a in list(self.adapters.values())]
 
-    def _load_from_disk(self, name: str) -> None:
-        """The pool's loader: read the files with no lock held, then attach under the lock.
+    def _load_from_disk(self, name: str) -> int:
+        """The pool's loader: read the files with no lock held, then attach under the lock; returns the
+        bytes the adapter's tensors take (its share of a --max-resident-bytes budget).
 
         peft's ``load_adapter`` reads the files itself, so it is not used here; what it does after reading
         (``add_adapter`` + ``set_peft_model_state_dict``, peft 0.21) is done from the already-read state."""
@@ -180,6 +181,7 @@ class MultiAdapterModel:
         with self.lock:
             self._attach(adapter, config, weights)
         self._warn_other_base(adapter)
+        return sum(t.numel() * t.element_size() for t in weights.values())
 
     def _attach(self, adapter: Adapter, config, weights: dict[str, torch.Tensor]) -> None:
         try:
@@ -190,12 +192,13 @@ class MultiAdapterModel:
             if foreign:
                 more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
                 raise self._load_error(adapter, f"size mismatch for {foreign[0]}{more}")
-            self._fit_heads(adapter, weights)
+            fit_heads(self.model, adapter.name, weights, lambda reason: self._load_error(adapter, reason))
         except (RuntimeError, ValueError, KeyError, UserError) as err:
             if adapter.name in self.model.peft_config:
                 self.model.delete_adapter(adapter.name)
             raise err if isinstance(err, UserError) else self._load_error(adapter, error_gist(err)) from None
         self.model.to(self.device).eval()
+        self.shared_head = SharedHead.of(self.model)
         self.normalizers.setdefault(adapter.spec, BatchNormalizer(adapter.spec).to(self.device))
 
     def _set_weights(self, adapter: Adapter, config, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -232,47 +235,6 @@ class MultiAdapterModel:
         if adapter.trained_on and not same_model(adapter.trained_on, self.base):
             log.warning("adapter %r was trained on %s, serving it on %s", adapter.name, adapter.trained_on, self.base)
 
-    def _fit_heads(self, adapter: Adapter, saved: dict[str, torch.Tensor]) -> None:
-        """Rebuild the Linear layers of this adapter's head copies whose shape differs from the saved weights,
-        then load them. A copy is usually one Linear (imgtune saves head Linear layers); a peft adapter saved
-        with a whole head block (ResNet's Flatten + Linear) has its Linear layers rebuilt inside the block."""
-        wrappers = {
-            f"{name}.": module
-            for name, module in self.model.named_modules()
-            if isinstance(module, peft.utils.other.ModulesToSaveWrapper) and adapter.name in module.modules_to_save
-        }
-        weights = {k: v for k, v in saved.items() if k.startswith(tuple(wrappers))}
-        for prefix, module in wrappers.items():
-            module_name = prefix[:-1]
-            own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            copy = module.modules_to_save[adapter.name]
-            state = copy.state_dict()
-            wrong = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
-            linears = {n: m for n, m in copy.named_modules() if isinstance(m, torch.nn.Linear)}
-            split = {k: k.rpartition(".") for k in own}  # "1.weight" -> owner "1", tensor "weight"
-            layers = {o: {split[k][2]: v for k, v in own.items() if split[k][0] == o} for o in linears}
-            owners = {split[k][0] for k in wrong}
-            if not all(o in linears and "weight" in layers[o] for o in owners):
-                raise UserError(
-                    f"adapter {adapter.name!r} has a head of another size and {module_name} is not made of "
-                    "Linear layers: serve it on its own"
-                )
-            for owner in owners:
-                old, layer = linears[owner], layers[owner]
-                rows, cols = layer["weight"].shape
-                if cols != old.in_features:  # another class count changes rows only; other features, another base
-                    raise self._load_error(
-                        adapter, f"its {module_name} takes {cols} features, this base gives {old.in_features}"
-                    )
-                kind = {"dtype": old.weight.dtype, "device": old.weight.device}
-                new = torch.nn.Linear(cols, rows, bias="bias" in layer, **kind)
-                new.load_state_dict(layer)
-                new.requires_grad_(False)
-                if owner:
-                    copy.set_submodule(owner, new)
-                else:
-                    module.modules_to_save[adapter.name] = new
-
     def _detach(self, name: str) -> None:
         with self.lock:
             if name not in self.model.peft_config:
@@ -283,6 +245,7 @@ class MultiAdapterModel:
             if name == self.model.active_adapter:
                 self.model.set_adapter(others[0])
             self.model.delete_adapter(name)
+            self.shared_head = SharedHead.of(self.model)
 
     def remove(self, name: str) -> None:
         if name not in self.adapters:
@@ -307,24 +270,15 @@ class MultiAdapterModel:
 
     @torch.inference_mode()
     def probabilities(self, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
-        """One probability row per (adapter name, image): mixed-batch forward where every adapter in a
-        group supports it and shares head width and input size, one forward per adapter otherwise.
+        """One probability row per (adapter name, image). Adapters that can mix share one backbone pass
+        per input size, whatever their class counts; the others get one forward per adapter.
         The batch's adapters are pinned (never evicted while it runs) and made resident first, outside the
         lock; an adapter that cannot load (or was removed) fails its own rows only."""
         rows: list[torch.Tensor | Exception | None] = [None] * len(names)
         with self.pool.pinned(names):
             failed = self.pool.ensure(names, count=False)
-            groups: dict[tuple, list[int]] = {}
-            for i, name in enumerate(names):
-                a = self.adapters.get(name)
-                if name in failed or a is None:
-                    rows[i] = failed.get(name) or KeyError(name)
-                    continue
-                mixable = a.mixed_batch and not self.mixed_types
-                key = ("mixed", len(a.labels), a.spec) if mixable else ("single", name)
-                groups.setdefault(key, []).append(i)
-            with self.lock:
-                for key, idx in groups.items():
+            with self.lock:  # groups are decided under the lock: an attach may change what can share a pass
+                for key, idx in self._groups(names, failed, rows).items():
                     try:
                         probs = self.group_probabilities(key[0] == "mixed", [names[i] for i in idx],
                                                          [pixels[i] for i in idx])  # fmt: skip
@@ -334,17 +288,37 @@ class MultiAdapterModel:
                         rows[i] = probs[j]
         return rows
 
-    def group_probabilities(self, mixed: bool, names: list[str], pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _groups(self, names: list[str], failed: dict, rows: list) -> dict[tuple, list[int]]:
+        """Row indices by forward: ("mixed", input spec, head width or None when every head shares the
+        pass) or ("single", adapter). Rows of adapters that failed to load get their error in ``rows``."""
+        groups: dict[tuple, list[int]] = {}
+        for i, name in enumerate(names):
+            a = self.adapters.get(name)
+            if name in failed or a is None:
+                rows[i] = failed.get(name) or KeyError(name)
+                continue
+            if a.mixed_batch and not self.mixed_types:
+                key = ("mixed", a.spec, None if self.shared_head else len(a.labels))
+            else:
+                key = ("single", name)
+            groups.setdefault(key, []).append(i)
+        return groups
+
+    def group_probabilities(self, mixed: bool, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         spec = self.adapters[names[0]].spec
         batch = self.normalizers[spec](stack_images(pixels).to(self.device))
         with inference_autocast(self.precision, self.device.type):
+            if mixed and len(set(names)) > 1 and self.shared_head is not None:
+                with self.shared_head.features(self.model):
+                    features = self.forward_leaving_no_hooks(pixel_values=batch, adapter_names=names)
+                return [row.float().softmax(dim=-1).cpu() for row in self.shared_head.logits(features, names)]
             if mixed and len(set(names)) > 1:
                 logits = self.forward_leaving_no_hooks(pixel_values=batch, adapter_names=names)
             else:
                 # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter
                 self.model.set_adapter(names[0])
                 logits = self.forward_leaving_no_hooks(pixel_values=batch)
-        return logits.float().softmax(dim=-1).cpu()
+        return list(logits.float().softmax(dim=-1).cpu())
 
     def forward_leaving_no_hooks(self, **inputs) -> torch.Tensor:
         """The model's logits; if the forward raises, the pre-forward hooks it registered are removed.

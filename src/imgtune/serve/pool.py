@@ -1,4 +1,5 @@
-"""The resident pool: which catalog adapters are on the base model now, with a least-recently-used cap.
+"""The resident pool: which catalog adapters are on the base model now, with a least-recently-used cap
+on their number and/or on the bytes their weights take.
 
 Loads and unloads run on one loader thread, so they happen in the order they were asked for (an
 adapter evicted and wanted again is unloaded before it is loaded) and never on the thread that runs
@@ -7,7 +8,7 @@ pinned and never evicted; when every resident adapter is pinned the cap is excee
 restored when the pins go.
 
 The counters are plain attributes for whoever exposes metrics: ``loads``, ``evictions``, ``hits``,
-``misses``, ``load_seconds``, per adapter ``load_counts`` and ``last_error``.
+``misses``, ``load_seconds``, per adapter ``load_counts``, ``last_error`` and ``sizes`` (bytes).
 """
 
 from __future__ import annotations
@@ -25,11 +26,21 @@ log = logging.getLogger(__name__)
 
 
 class ResidentPool:
-    def __init__(self, load: Callable[[str], None], unload: Callable[[str], None], max_resident: int | None = None):
+    def __init__(
+        self,
+        load: Callable[[str], int | None],
+        unload: Callable[[str], None],
+        max_resident: int | None = None,
+        max_bytes: int | None = None,
+    ):
+        """``load(name)`` attaches an adapter and returns the bytes its weights take on the model."""
         if max_resident is not None and max_resident < 1:
             raise ValueError("max_resident must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         self._load, self._unload = load, unload
-        self.max_resident = max_resident
+        self.max_resident, self.max_bytes = max_resident, max_bytes
+        self.sizes: dict[str, int] = {}
         self.resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.pins: Counter[str] = Counter()
         self.loads = self.evictions = self.hits = self.misses = 0
@@ -99,10 +110,11 @@ class ResidentPool:
 
     # --- loading and evicting ----------------------------------------------------------
 
-    def mark_resident(self, name: str, seconds: float = 0.0) -> None:
+    def mark_resident(self, name: str, seconds: float = 0.0, size: int = 0) -> None:
         """An adapter loaded outside the pool (the first one, which makes the peft model)."""
         with self._mutex:
             self.resident[name] = None
+            self.sizes[name] = size
             self._count_load(name, seconds)
 
     def _count_load(self, name: str, seconds: float) -> None:
@@ -114,7 +126,7 @@ class ResidentPool:
     def _do_load(self, name: str) -> None:
         start = time.perf_counter()
         try:
-            self._load(name)
+            size = self._load(name)
         except BaseException as err:
             with self._mutex:
                 self.last_error[name] = str(err) or type(err).__name__
@@ -122,21 +134,30 @@ class ResidentPool:
             raise
         with self._mutex:
             self.resident[name] = None
+            self.sizes[name] = int(size or 0)
             self._count_load(name, time.perf_counter() - start)
             self._loading.pop(name, None)
             self._trim()
 
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.sizes.get(name, 0) for name in list(self.resident))
+
+    def _over_cap(self) -> bool:
+        over_count = self.max_resident is not None and len(self.resident) > self.max_resident
+        return over_count or (self.max_bytes is not None and self.resident_bytes > self.max_bytes)
+
     def _trim(self) -> None:
-        """Evict unpinned adapters, least recently used first, down to the cap; the caller holds the mutex.
-        The unloads are queued on the loader, behind any load already asked for."""
-        if self.max_resident is None:
-            return
+        """Evict unpinned adapters, least recently used first, down to the caps; the caller holds the mutex.
+        The unloads are queued on the loader, behind any load already asked for. One adapter always stays
+        (peft cannot hold none), even when it alone is over the byte cap."""
         for name in list(self.resident):
-            if len(self.resident) <= self.max_resident:
+            if not self._over_cap():
                 break
             if self.pins[name] > 0 or len(self.resident) == 1:
                 continue
             del self.resident[name]
+            self.sizes.pop(name, None)
             self.evictions += 1
             self.loader.submit(self._quiet_unload, name)
 
@@ -151,6 +172,7 @@ class ResidentPool:
         with self._mutex:
             was_resident = name in self.resident
             self.resident.pop(name, None)
+            self.sizes.pop(name, None)
         if was_resident:
             self.loader.submit(self._unload, name).result()
         self.last_error.pop(name, None)
@@ -161,6 +183,7 @@ class ResidentPool:
     def state_of(self, name: str) -> dict:
         return {
             "resident": name in self.resident,
+            "bytes": self.sizes.get(name, 0) if name in self.resident else None,
             "loads": self.load_counts[name],
             "last_error": self.last_error.get(name),
         }
