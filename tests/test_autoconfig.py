@@ -22,8 +22,10 @@ from imgtune.tuning.recipe import Recipe, train
 DATA_FIELDS = ("epochs", "batch_size", "crop_scale", "hflip")
 
 
-def write_digit_folder(root: Path, classes: int = 3, per_class: int = 30, size: int = 12) -> Path:
-    """Small greyscale 'scans': each class a bar at its own place, plus noise (learnable, digit-like)."""
+def write_digit_folder(root: Path, classes: int = 3, per_class: int = 30, size: int = 12, handed=False) -> Path:
+    """Small greyscale 'scans': each class a bar at its own place, plus noise (learnable, digit-like).
+    The bars span the width, so an image looks the same in a mirror; ``handed`` adds a stroke down the
+    left side of every image, like the stem of a b, which no mirrored image has."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -32,6 +34,8 @@ def write_digit_folder(root: Path, classes: int = 3, per_class: int = 30, size: 
             pixels = rng.integers(0, 60, (size, size)).astype(np.uint8)
             row = 2 + c * (size - 4) // max(classes - 1, 1)
             pixels[max(row - 1, 0) : row + 1, 2 : size - 2] = 230
+            if handed:
+                pixels[1 : size - 1, 1:3] = 230
             path = root / f"class{c}" / f"{i:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels, mode="L").save(path)
@@ -67,14 +71,14 @@ def test_rules_fit_small_data_and_keep_large_data_as_the_seeds_had_it():
     # 384-512 px photos, exactly 8% for large ones
     assert auto_batch(75_750, "cuda", 1, 1)[0] == 128
     assert auto_epochs(592)[0] == 5
-    assert auto_crop(ImageStats(384, 0.0, 64), 224)[0][0] <= 0.15
-    assert auto_crop(ImageStats(800, 0.0, 64), 224)[0] == [0.08, 1.0]
+    assert auto_crop(ImageStats(384, 64), 224)[0][0] <= 0.15
+    assert auto_crop(ImageStats(800, 64), 224)[0] == [0.08, 1.0]
     # a few thousand small digits on a CPU: >= 20 steps an epoch, ~400 steps in all, mild crops
     batch = auto_batch(1_300, "cpu", 1, 1)[0]
     assert batch <= 32 and 1_300 / batch >= 20
     epochs = auto_epochs(int(np.ceil(1_300 / batch)))[0]
     assert 300 <= epochs * np.ceil(1_300 / batch) <= 500
-    assert 0.5 <= auto_crop(ImageStats(28, 1.0, 64), 32)[0][0] <= 0.85
+    assert 0.5 <= auto_crop(ImageStats(28, 64), 32)[0][0] <= 0.85
     # tiny data: the smallest batch, at most 50 epochs
     assert auto_batch(20, "cpu", 1, 1)[0] == 8 and auto_epochs(3)[0] == 50
 
@@ -87,7 +91,7 @@ def test_auto_settings_follow_the_data_and_say_why(vit, digit_folder, tmp_path, 
     recipe = set_up(auto_config(vit, digit_folder, tmp_path / "run"))
     cfg = recipe.cfg
     # 67 training images: the smallest batch (8) for as many steps an epoch as there can be; 12 px
-    # images into a 32 px input: crops keep most of the image; flips stay on, with a warning
+    # images into a 32 px input: crops keep most of the image; the bars look the same in a mirror: flips on
     assert cfg.batch_size == 8 and cfg.epochs == 45  # 9 steps an epoch -> ~400 steps
     assert cfg.crop_scale == [0.85, 1.0] and cfg.hflip is True
     assert recipe.total_steps == 9 * 45
@@ -95,10 +99,24 @@ def test_auto_settings_follow_the_data_and_say_why(vit, digit_folder, tmp_path, 
     assert "settings fitted to the data" in text
     for reason in ("batch size 8", "epochs 45", "crop scale 0.85-1", "horizontal flips on"):
         assert reason in text
-    assert "pass --no-hflip" in text
+    assert "mirrored images are like the training images" in text and "--no-hflip" not in text
     # the resolved values are the ones the run records for resume and compare
     assert recipe.cfg.result_settings()["batch_size"] == 8
     assert all(getattr(cfg, k) is not None for k in DATA_FIELDS)
+
+
+def test_flips_are_off_for_data_that_is_not_its_own_mirror_image(vit, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgtune")
+    handed = write_digit_folder(tmp_path / "handed", handed=True)
+    recipe = set_up(auto_config(vit, handed, tmp_path / "run"))
+    assert recipe.cfg.hflip is False
+    assert "horizontal flips off: the class-mean images of 67 training images (3 classes)" in caplog.text
+    assert "a mirrored image is not like the training images" in caplog.text
+    # asked for on such data, flips stay on and the run warns
+    caplog.clear()
+    recipe = set_up(tiny_train_config(vit, handed, tmp_path / "asked", hflip=True))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert recipe.cfg.hflip is True and any("pass --no-hflip" in w for w in warnings), warnings
 
 
 def test_given_values_are_kept_and_nothing_is_said(vit, digit_folder, tmp_path, caplog):

@@ -42,7 +42,7 @@ def test_a_class_named_train_stays_a_class(tmp_path):
     assert sizes(splits) == {"train": 15, "test": 6}
     assert splits["train"].features["label"].names == ["bus", "car", "train"]
     assert sorted(splits["test"]["label"]) == [0, 0, 1, 1, 2, 2]
-    assert layout == "split folders train, test; 3 classes"
+    assert layout == "split folders train, test"
 
 
 def test_classes_named_like_splits_without_split_folders(tmp_path):

@@ -50,7 +50,7 @@ class FolderLayout:
     def describe(self) -> str:
         how = f"split folders {', '.join(self.splits)}" if self.split_folders else "class folders, no split folders"
         empty = f"; empty folders skipped: {', '.join(self.skipped_empty)}" if self.skipped_empty else ""
-        return f"{how}; {len(self.classes)} classes{empty}"
+        return f"{how}{empty}"  # the class count follows in DataSplits.summary()
 
 
 def visible(folder: Path) -> list[Path]:

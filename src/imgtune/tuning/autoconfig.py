@@ -4,8 +4,8 @@ given, that cannot learn well.
 
 Defaults tuned for Food-101 on a GPU (batch 128, 5 epochs, 8% crops, flips) fail quietly on small data:
 on a few thousand 28 px digits they give 15 optimizer steps an epoch and crops of a few pixels (38% test
-accuracy against 88% with fitting flags). Only what the data can decide is decided here: whether a mirrored
-image is another class (digits, text) the data cannot tell, so flips stay on and a warning asks.
+accuracy against 88% with fitting flags). Only what the data can decide is decided here; flips follow a
+test of whether the training images look the same in a mirror (``mirror``: photos do, digits and text don't).
 
 ``fit_to_data`` runs once the splits are loaded (batch, epochs, crops, flips); ``fit_to_model`` once the
 adapted model exists (precision, ``--lr auto``). A resumed run takes the values its checkpoint recorded,
@@ -31,6 +31,7 @@ from imgtune.inference.precision import cpu_has_native_bf16, faster_cpu_precisio
 from imgtune.tuning.accelerated import find_epoch_sampler, make_accelerator
 from imgtune.tuning.checkpoint import STATE, find_checkpoint
 from imgtune.tuning.lr_find import LR_FIND_PNG, lr_range_test, plot_lr_find
+from imgtune.tuning.mirror import mirror_test
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,19 @@ DEFAULT_CROP_LOW, MAX_CROP_LOW = 0.08, 0.85  # the seeds' RandomResizedCrop; kee
 # warn when crops are upscaled more than 4x (hold under 1/16 of the input's pixels): they show blur
 DETAIL_UPSCALE = 4.0
 SAMPLE_IMAGES = 64  # headers only (PIL reads the size without decoding): milliseconds even for JPEGs
-GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 @dataclass
 class ImageStats:
     short_side: float  # median over the sample, in pixels
-    greyscale: float  # fraction of the sample stored with one channel
     sampled: int
 
 
 def look_at_images(rows, seed: int, count: int = SAMPLE_IMAGES) -> ImageStats | None:
-    """Sizes and modes of up to ``count`` training images from their headers (undecoded rows)."""
+    """Sizes of up to ``count`` training images from their headers (undecoded rows)."""
     rng = np.random.default_rng(seed)  # its own stream: the run's seeded ones stay untouched
     picks = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
-    sides, grey = [], 0
+    sides = []
     for index in picks:
         image = rows[int(index)]["image"]
         try:
@@ -78,10 +77,9 @@ def look_at_images(rows, seed: int, count: int = SAMPLE_IMAGES) -> ImageStats | 
                 check_regular(source)  # a FIFO named like an image would block this look forever
             with Image.open(source) as img:
                 sides.append(min(img.size))
-                grey += img.mode in GREYSCALE_MODES
         except Exception:  # a bad file is the loader's to count and report
             continue
-    return ImageStats(float(np.median(sides)), grey / len(sides), len(sides)) if sides else None
+    return ImageStats(float(np.median(sides)), len(sides)) if sides else None
 
 
 def steps_per_epoch(images: int, batch_size: int, processes: int, grad_accum: int) -> int:
@@ -145,13 +143,14 @@ def fit_to_data(recipe) -> TrainConfig:
         scale, why = auto_crop(stats, recipe.spec.size)
         cfg = cfg.replace(crop_scale=scale)
         reasons.append(f"crop scale {scale[0]:g}-{scale[1]:g}: {why}")
-    if cfg.hflip is None:
-        cfg = cfg.replace(hflip=True)
-        reasons.append(
-            "horizontal flips on: the default (photos); the data cannot tell whether a class has a handedness"
-        )
-        if stats is not None and (stats.greyscale >= 0.5 or stats.short_side <= recipe.spec.size):
-            warnings.append(flip_warning(stats, recipe.spec.size))
+    if cfg.hflip is None or cfg.hflip:
+        hflip, why = decide_flips(train, cfg.seed)
+        if cfg.hflip is None:
+            cfg = cfg.replace(hflip=hflip)
+            reasons.append(f"horizontal flips {'on' if hflip else 'off'}: {why}")
+        elif not hflip:  # asked for on data that is not its own mirror image
+            warnings.append(f"horizontal flips are on and {why}: if a mirrored image is another class (or no class), "
+                            "pass --no-hflip (hflip: false)")  # fmt: skip
     if reasons:
         recipe.say("settings fitted to the data (set them to choose yourself):\n  " + "\n  ".join(reasons))
     warnings += setting_warnings(cfg, len(train), len(recipe.data.labels), per_epoch, stats, recipe.spec.size)
@@ -160,12 +159,14 @@ def fit_to_data(recipe) -> TrainConfig:
     return cfg
 
 
-def flip_warning(stats: ImageStats, input_size: int) -> str:
-    what = "greyscale" if stats.greyscale >= 0.5 else f"small ({stats.short_side:.0f} px for a {input_size} px input)"
-    return (
-        f"horizontal flips are on and the images are {what}, like scans of digits or text: if a mirrored image "
-        "is another class (or no class), pass --no-hflip (hflip: false)"
-    )
+def decide_flips(train, seed: int) -> tuple[bool, str]:
+    """(flips on?, why): off when the training images do not look the same in a mirror."""
+    test = mirror_test(train, seed)
+    if test is None:
+        return True, "the default (photos): too few images a class to test whether they look the same in a mirror"
+    if test.handed:
+        return False, f"{test.summary()}: a mirrored image is not like the training images (digits, text)"
+    return True, f"{test.summary()}: mirrored images are like the training images (photos)"
 
 
 def setting_warnings(
