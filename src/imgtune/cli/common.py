@@ -54,7 +54,7 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--dropout": (float, "adapter dropout"),
     "--method-options": (json_dict, "extra peft config values as JSON, e.g. '{\"init_r\": 12}'"),
     "--lr": (learning_rate, "learning rate, or auto: a range test on a copy of the model picks it (lr_find.png)"),
-    "--epochs": (int, "number of epochs (default: enough for about 400 optimizer steps, 5 to 50)"),
+    "--epochs": (int, "number of epochs (default: enough for about 600 optimizer steps, 5 to 50)"),
     "--batch-size": (int, "images per batch per process (default: 128 on a GPU, 32 on a CPU, less for small data)"),
     "--eval-batch-size": (int, "images per evaluation batch"),
     "--grad-accum": (int, "gradient accumulation steps"),
@@ -116,6 +116,14 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=argparse.SUPPRESS,
         help="no horizontal flips (text, digits, anything with a handedness)",
+    )
+    parser.add_argument(
+        "--hflip",
+        dest="hflip",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="horizontal flips even where the training images do not look the same in a mirror "
+        "(default: decided from the data)",
     )
     parser.add_argument(
         "--overwrite",

@@ -36,9 +36,10 @@ from imgtune.tuning.mirror import mirror_test
 log = logging.getLogger(__name__)
 
 # Trainer's step count is what learns, not epochs: LoRA on a pretrained backbone settles in a few hundred
-# optimizer steps (the seeds' Food-101 subset run: 5 epochs x 36 steps of 128 already reach 96%); fewer
-# than ~50 leave the new head barely past its random start.
-TARGET_STEPS = 400
+# optimizer steps (the seeds' Food-101 subset run: 5 epochs x 36 steps of 128 already reach 96%; on
+# benchmarks/recipe.py's digits 690 steps scored 3 points above 405); fewer than ~50 leave the new head
+# barely past its random start.
+TARGET_STEPS = 600
 FEW_STEPS = 50
 # below ~20 steps an epoch the linear decay and per-epoch validation are too coarse to pick a best epoch
 MIN_STEPS_PER_EPOCH = 20
@@ -49,9 +50,10 @@ MIN_EPOCHS, MAX_EPOCHS = 5, 50
 # smaller batch only buys more steps. Below 8 the gradient is mostly noise.
 DEVICE_BATCH = {"cuda": 128}
 CPU_BATCH, MIN_BATCH = 32, 8
-# the smallest crop may be upscaled at most 1.5x to the model's input: beyond that crops add blur, not new
-# views (an 8% crop is 28% of the side: fine for a 500 px photo into 224, a few pixels of a 28 px digit)
-MAX_UPSCALE = 1.5
+# the smallest crop may be upscaled at most 1.1x to the model's input: crops stay views of the image at
+# its own detail, not blur (an 8% crop is 28% of the side: fine for an 800 px photo into 224, a few pixels
+# of a 28 px digit; on benchmarks/recipe.py's 32 px digits, crops from 0.85 scored 2.5 points above 0.44)
+MAX_UPSCALE = 1.1
 DEFAULT_CROP_LOW, MAX_CROP_LOW = 0.08, 0.85  # the seeds' RandomResizedCrop; keep some scale jitter
 # warn when crops are upscaled more than 4x (hold under 1/16 of the input's pixels): they show blur
 DETAIL_UPSCALE = 4.0
