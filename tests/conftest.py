@@ -127,6 +127,26 @@ def one_error_line(err: str) -> str:
     return lines[-1] + "\n"
 
 
+def perturbed_copy(run: Path, out: Path, seed: int) -> Path:
+    """The run with its trained tensors nudged: another adapter, same shapes, no training needed."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from imgtune.rundir import ADAPTER_WEIGHTS
+
+    shutil.copytree(run, out)
+    gen = torch.Generator().manual_seed(seed)
+    weights = load_file(out / ADAPTER_WEIGHTS)
+    # VeRA's projections are frozen and shared by every VeRA adapter on a model (peft checks their seed):
+    # a real second adapter has the same ones
+    nudged = {k: v if ".vera_A" in k or ".vera_B" in k else v + 0.2 * torch.randn(v.shape, generator=gen)
+              for k, v in weights.items()}  # fmt: skip
+    save_file(nudged, out / ADAPTER_WEIGHTS)
+    return out
+
+
 def tiny_train_config(model: Path, dataset: Path, out: Path, **overrides):
     from imgtune.config import TrainConfig
 

@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, run_cli, start_server, stop_server, tiny_train_config, write_class_folder
+from conftest import (
+    free_port,
+    perturbed_copy,
+    run_cli,
+    start_server,
+    stop_server,
+    tiny_train_config,
+    write_class_folder,
+)
 from imgtune.data.decode import BadImage, decode_rgb
 from imgtune.data.samples import stack_images
 from imgtune.errors import UserError
 from imgtune.inference.predict import Predictor
 from imgtune.serve.engine import MultiAdapterModel
+from imgtune.tuning.methods import METHODS
 from imgtune.tuning.recipe import train
 
 TWO = {"red": (200, 40, 40), "blue": (40, 60, 200)}
@@ -337,3 +346,21 @@ def test_a_failing_shared_pass_puts_the_head_back(tiny_vit, runs, images):
 def same_scores(got: list[dict], want: list[dict], tolerance: float) -> bool:
     score = {w["label"]: w["score"] for w in want}
     return len(got) == len(want) and all(abs(g["score"] - score[g["label"]]) <= tolerance for g in got)
+
+
+ADAPTER_METHODS = [name for name, method in METHODS.items() if method.is_adapter]
+
+
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_every_method_answers_in_a_batch_as_its_own_model(tmp_path, tiny_vit, colour_folder, images, method):
+    """Two adapters of one method (trained, and the same nudged) in one batch: every row equals that
+    adapter's own single-adapter model, unmerged, fp32, within 1e-4 - mixed pass or one per adapter."""
+    train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "x", method=method, epochs=1))
+    paths = {"x": tmp_path / "x", "y": perturbed_copy(tmp_path / "x", tmp_path / "y", seed=1)}
+    model = MultiAdapterModel(str(tiny_vit), list(paths.items()), device="cpu", precision="fp32")
+    names = ["x", "y", "y", "x"]
+    rows = model.probabilities(names, [model.preprocess(n, images[i].read_bytes()) for i, n in enumerate(names)])
+    for i, (name, row) in enumerate(zip(names, rows)):
+        own = Predictor.from_dir(paths[name], device="cpu", precision="fp32", merge=False)
+        want = own.predict([str(images[i])], top_k=3)[0][0]["predictions"]
+        assert same_scores(model.top_k(name, row, 3), want, 1e-4), (method, name)

@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import start_server, stop_server
+from conftest import perturbed_copy, start_server, stop_server
 from imgtune.inference.predict import Predictor
 from imgtune.rundir import ADAPTER_WEIGHTS, load_run
 from imgtune.serve.engine import MultiAdapterModel
@@ -20,15 +19,6 @@ from imgtune.serve.pool import ResidentPool
 
 NAMES = [f"p{i}" for i in range(5)]
 TOKEN = "pool-test-token"
-
-
-def perturbed_copy(run, out, seed: int):
-    """The run with every adapter tensor nudged: another adapter, same shapes, no training needed."""
-    shutil.copytree(run, out)
-    gen = torch.Generator().manual_seed(seed)
-    weights = load_file(out / ADAPTER_WEIGHTS)
-    save_file({k: v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in weights.items()}, out / ADAPTER_WEIGHTS)
-    return out
 
 
 @pytest.fixture(scope="module")

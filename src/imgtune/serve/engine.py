@@ -129,7 +129,8 @@ class MultiAdapterModel:
         cls = peft.PeftMixedModel if self.mixed_types else peft.PeftModel
         try:
             with first.handler.quiet():
-                self.model = cls.from_pretrained(base_model, first.path, adapter_name=first.name)
+                config = self._peft_config(first)
+                self.model = cls.from_pretrained(base_model, first.path, adapter_name=first.name, config=config)
         except (RuntimeError, ValueError, KeyError) as err:
             raise self._load_error(first, error_gist(err)) from None
         self.model.to(self.device).eval()
@@ -172,8 +173,7 @@ class MultiAdapterModel:
                 "adapters only: peft holds several types on one base only when they are all there at start "
                 "(restart with it among them)"
             )
-        config = read_json_config(adapter.path, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
-        config.inference_mode = True
+        config = self._peft_config(adapter)
         try:
             weights = load_peft_weights(str(adapter.path), device="cpu")
         except Exception as err:  # noqa: BLE001 - safetensors' own error type: a damaged file is the adapter's fault
@@ -182,6 +182,12 @@ class MultiAdapterModel:
             self._attach(adapter, config, weights)
         self._warn_other_base(adapter)
         return sum(t.numel() * t.element_size() for t in weights.values())
+
+    @staticmethod
+    def _peft_config(adapter: Adapter) -> peft.PeftConfig:
+        config = read_json_config(adapter.path, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
+        config.inference_mode = True
+        return adapter.handler.named_config(config, adapter.name)
 
     def _attach(self, adapter: Adapter, config, weights: dict[str, torch.Tensor]) -> None:
         try:

@@ -119,6 +119,19 @@ class AdaLoRA(Method):
     def quiet(self) -> AbstractContextManager:
         return quiet_adalora()
 
+    def named_config(self, config: peft.PeftConfig, adapter_name: str) -> peft.PeftConfig:
+        """rank_pattern keys spelled so peft finds their modules under any adapter name. peft (0.21)
+        finds a key's module by dropping one dotted part ("...q_proj.lora_E"), or two when the adapter's
+        name occurs anywhere in the key, as a substring: an adapter named "y" ("la-y-ers") or "a" drops
+        the module's own name and the load fails ("ViTAttention has no attribute lora_E"). A key that ends
+        in ".lora_E.<adapter name>" always drops the two parts that are not the module."""
+        if config.rank_pattern:
+            config.rank_pattern = {
+                f"{key.removesuffix('.lora_E')}.lora_E.{adapter_name}" if key.endswith(".lora_E") else key: value
+                for key, value in config.rank_pattern.items()
+            }
+        return config
+
 
 register(
     AdaLoRA(

@@ -111,6 +111,10 @@ class Method:
         """Hides peft's false alarms for this method while its adapters are saved or loaded."""
         return contextlib.nullcontext()
 
+    def named_config(self, config: peft.PeftConfig, adapter_name: str) -> peft.PeftConfig:
+        """The saved adapter config made ready to load under ``adapter_name`` beside other adapters."""
+        return config
+
     def save(self, model: torch.nn.Module, out: Path) -> None:
         """Write the trained weights into a run directory (an adapter, or a whole model)."""
         with self.quiet():
