@@ -18,16 +18,11 @@ from imgtune.errors import UserError
 from imgtune.serve.catalog import NAME_PATTERN
 from imgtune.serve.engine import MultiAdapterModel, error_gist
 from imgtune.serve.limits import READ_TIMEOUT
+from imgtune.serve.schema import ADMIN_ADD_ERRORS, ADMIN_DELETE_ERRORS, AdapterSummary, Deleted
 
 MAX_BODY = 4096  # {"path": ...} needs a few hundred bytes at most
 router = APIRouter(tags=["admin"])
 
-ERRORS = {
-    400: {"description": "bad name or body, or the folder is not a servable adapter (the reason is in detail)"},
-    401: {"description": "no or wrong bearer token"},
-    403: {"description": "admin is off, or the path is outside the adapter root"},
-    413: {"description": f"body over {MAX_BODY} bytes"},
-}
 ADD_BODY = {
     "requestBody": {
         "required": True,
@@ -118,7 +113,7 @@ def confined(root: Path | None, path: str) -> Path:
     return target
 
 
-@router.post("/v1/adapters/{name}", status_code=201, responses={409: {"description": "name taken"}, **ERRORS},
+@router.post("/v1/adapters/{name}", status_code=201, response_model=AdapterSummary, responses=ADMIN_ADD_ERRORS,
              openapi_extra=ADD_BODY)  # fmt: skip
 async def add_adapter(request: Request, name: str):
     """Load a run directory under ``name`` (body ``{"path": ...}``, relative to the adapter root)."""
@@ -138,7 +133,7 @@ async def add_adapter(request: Request, name: str):
     return added.describe()
 
 
-@router.delete("/v1/adapters/{name}", responses={404: {"description": "unknown adapter"}, **ERRORS})
+@router.delete("/v1/adapters/{name}", response_model=Deleted, responses=ADMIN_DELETE_ERRORS)
 async def delete_adapter(request: Request, name: str):
     model = authorized(request)
     checked_name(name)

@@ -16,12 +16,21 @@ from starlette.requests import Request as StarletteRequest
 
 from imgtune.data.decode import BadImage, TooLarge
 from imgtune.errors import UserError
-from imgtune.serve import admin, health
+from imgtune.serve import admin, health, page
 from imgtune.serve.admin import AdminSettings
 from imgtune.serve.batcher import Batcher, QueueFull
 from imgtune.serve.engine import NAME_PATTERN, MultiAdapterModel
 from imgtune.serve.limits import MAX_BYTES, MAX_PIXELS, MULTIPART_ALLOWANCE, RAW_TYPES, RETRY_AFTER, RequestLimits
 from imgtune.serve.metrics import AccessLog, ServeMetrics
+from imgtune.serve.schema import (
+    ADMIN_AUTH,
+    CLASSIFY_ERRORS,
+    IMAGE_BODY,
+    AdapterListing,
+    Classification,
+    Health,
+    Rescanned,
+)
 
 router = APIRouter()
 
@@ -56,7 +65,11 @@ def create_app(
         batcher.executor.shutdown(wait=False)
 
     app = FastAPI(
-        title="imgtune", description="Image classification with many adapters on one base model", lifespan=lifespan
+        title="imgtune",
+        description="Image classification with many adapters on one base model. Try it from the page at `/`.",
+        lifespan=lifespan,
+        docs_url=None,  # page.install serves /docs from local files; FastAPI's own loads Swagger UI from a CDN
+        redoc_url=None,
     )
     app.state.model, app.state.batcher = model, batcher
     app.state.limits = Limits(allow_admin, max_bytes, max_pixels)
@@ -70,6 +83,7 @@ def create_app(
     app.include_router(router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    page.install(app)
     return app
 
 
@@ -184,7 +198,7 @@ async def answer(request: Request, name: str):
 # --- endpoints --------------------------------------------------------------------------
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz(request: Request):
     state = request.app.state
     return {
@@ -195,13 +209,20 @@ async def healthz(request: Request):
     }
 
 
-@router.get("/v1/adapters")
+@router.get("/v1/adapters", response_model=AdapterListing)
 async def adapters(request: Request):
     model = request.app.state.model
-    return {"base": model.base, "max_resident": model.pool.max_resident, "adapters": model.listing()}
+    pool = model.pool
+    return {
+        "base": str(model.base),
+        "max_resident": pool.max_resident,
+        "max_resident_bytes": pool.max_bytes,
+        "resident_bytes": pool.resident_bytes,
+        "adapters": model.listing(),
+    }
 
 
-@router.post("/v1/rescan", responses={401: {"description": "wrong admin token"}, 403: {"description": "admin off"}})
+@router.post("/v1/rescan", response_model=Rescanned, responses=ADMIN_AUTH)
 async def rescan(request: Request):
     """Catalog the adapter runs that appeared under --adapter-dir since the start (loaded on first use)."""
     model = admin.authorized(request)
@@ -209,9 +230,14 @@ async def rescan(request: Request):
     return {"added": added, "adapters": len(model.adapters)}
 
 
-@router.post("/v1/classify")
-async def classify(request: Request, adapter: str | None = Query(None), top_k: int = Query(5, ge=1, le=1000)):
-    """The image as multipart field ``file`` or as the raw request body."""
+@router.post("/v1/classify", response_model=Classification, responses=CLASSIFY_ERRORS, openapi_extra=IMAGE_BODY)
+async def classify(
+    request: Request,
+    adapter: str | None = Query(None, description="an adapter's name, as GET /v1/adapters lists them"),
+    top_k: int = Query(5, ge=1, le=1000, description="how many labels to return, best first"),
+):
+    """Classify one image with one adapter: the image as multipart field `file` or as the raw request body
+    (any image content type, or application/octet-stream). `adapter` may be left out when only one is served."""
     state = request.app.state
     name = known(state.model, adapter)
     timeout = state.request_limits.request_timeout

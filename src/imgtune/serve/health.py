@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from imgtune.serve.metrics import CONTENT_TYPE
+from imgtune.serve.schema import NOT_READY, PROMETHEUS, Status
 
 router = APIRouter()
 
@@ -67,12 +68,12 @@ class BatchObserver:
         self.readiness.batch_failed()
 
 
-@router.get("/livez")
+@router.get("/livez", responses={200: {"model": Status}})
 async def livez():
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the model does not answer (yet)"}})
+@router.get("/readyz", responses={200: {"model": Status}, **NOT_READY})
 async def readyz(request: Request):
     readiness = request.app.state.readiness
     if readiness.ready:
@@ -81,7 +82,7 @@ async def readyz(request: Request):
     return JSONResponse({"status": "not ready", "reason": readiness.reason}, status_code=503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=PROMETHEUS)
 async def metrics(request: Request):
     """Prometheus text format."""
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
