@@ -194,3 +194,57 @@ def test_readiness_says_which_adapter_fails_and_recovers():
 
     first, second = asyncio.run(probe_twice())
     assert first == (False, "d: hooks left on the layers") and second == (True, "ok")
+
+
+def test_an_adapter_replaced_under_load_never_gives_5xx_or_another_runs_answer(server, root, tiny_vit, tmp_path):
+    """Clients keep asking for "x" while an admin removes it and adds another run under its name (another
+    class count): each answer is 200 with exactly one of the two runs' predictions, or 404; never a 5xx,
+    a dropped connection, or one run's scores under the other's labels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import tiny_train_config, write_class_folder
+    from imgtune.inference.predict import Predictor
+    from imgtune.tuning.recipe import train
+
+    url, _ = server
+    two = write_class_folder(tmp_path / "two", per_class=6, classes={"red": (200, 40, 40), "blue": (40, 60, 200)})
+    train(tiny_train_config(tiny_vit, two, root / "two", epochs=1))
+    image = tmp_path / "x.png"
+    image.write_bytes(png())
+    predictors = [Predictor.from_dir(root / run, device="cpu", precision="fp32") for run in ("good", "two")]
+    expected = [p.predict([str(image)], top_k=3)[0][0]["predictions"] for p in predictors]
+    stop = time.monotonic() + 6
+
+    def client(_):
+        seen = []
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < stop:
+                r = http.post(f"{url}/v1/classify", params={"adapter": "x", "top_k": 3}, content=png(),
+                              headers={"content-type": "image/png"})  # fmt: skip
+                seen.append((r.status_code, r.json()))
+        return seen
+
+    def admin():
+        runs = 0
+        while time.monotonic() < stop:
+            for run in ("good", "two"):
+                httpx.post(f"{url}/v1/adapters/x", json={"path": run}, headers=AUTH, timeout=30)
+                time.sleep(0.05)
+                httpx.delete(f"{url}/v1/adapters/x", headers=AUTH, timeout=30)
+                runs += 1
+        return runs
+
+    with ThreadPoolExecutor(7) as pool:
+        swaps = pool.submit(admin)
+        answers = [a for seen in pool.map(client, range(6)) for a in seen]
+    assert swaps.result() >= 2
+    statuses = {status for status, _ in answers}
+    assert statuses <= {200, 404}, statuses
+    answered = [body["predictions"] for status, body in answers if status == 200]
+    assert answered, "no request was answered while the adapter came and went"
+    for got in answered:
+        assert any(
+            [g["label"] for g in got] == [w["label"] for w in want]
+            and all(abs(g["score"] - w["score"]) <= 1e-4 for g, w in zip(got, want))
+            for want in expected
+        ), got

@@ -16,6 +16,7 @@ from starlette.requests import Request as StarletteRequest
 
 from imgtune.data.decode import BadImage, TooLarge
 from imgtune.errors import UserError
+from imgtune.inference.predict import top_k as rank_labels
 from imgtune.serve import admin, health, page
 from imgtune.serve.admin import AdminSettings
 from imgtune.serve.batcher import Batcher, QueueFull
@@ -162,6 +163,8 @@ def decode(model: MultiAdapterModel, name: str, data: bytes, max_pixels: int, li
         raise HTTPException(413, f"image too large: {err}") from None
     except BadImage as err:
         raise HTTPException(400, f"cannot read image: {err}") from None
+    except KeyError:  # removed while its upload was read
+        raise HTTPException(404, f"adapter {name!r} was removed") from None
 
 
 async def bounded_decode(state, name: str, data: bytes):
@@ -180,13 +183,22 @@ async def bounded_decode(state, name: str, data: bytes):
 
 
 async def answer(request: Request, name: str):
-    """Read, decode and queue one image: the adapter's probability row."""
+    """Read, decode and queue one image: (the adapter it was answered by, its probability row)."""
     state = request.app.state
+    adapter = state.model.adapters.get(name)
+    if adapter is None:
+        raise HTTPException(404, f"adapter {name!r} was removed")
     data = await image_bytes(request, state.limits.max_bytes, state.request_limits.read_timeout)
     pixels = await bounded_decode(state, name, data)
     try:
         async with state.model.pool.use(name):  # pinned while queued: no other adapter's load evicts it
-            return await state.batcher.submit(name, pixels)
+            probs = await state.batcher.submit(name, pixels)
+        # an admin may remove the name and add another run under it while this request waits: the row is
+        # then not this adapter's (other labels, maybe another class count). Adapters are never re-added
+        # as the same object, so the same object now as at the start means the batch used it.
+        if state.model.adapters.get(name) is not adapter:
+            raise KeyError(name)
+        return adapter, probs
     except QueueFull as err:
         raise HTTPException(503, f"server busy: {err}", headers={"Retry-After": str(RETRY_AFTER)}) from None
     except KeyError:
@@ -242,7 +254,7 @@ async def classify(
     name = known(state.model, adapter)
     timeout = state.request_limits.request_timeout
     try:
-        probs = await asyncio.wait_for(answer(request, name), timeout)
+        used, probs = await asyncio.wait_for(answer(request, name), timeout)
     except (TimeoutError, asyncio.TimeoutError):
         raise HTTPException(504, f"no answer within {timeout:g} s", headers={"Connection": "close"}) from None
-    return {"adapter": name, "predictions": state.model.top_k(name, probs, top_k)}
+    return {"adapter": name, "predictions": rank_labels(probs, used.labels, top_k)}
