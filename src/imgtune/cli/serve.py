@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from imgtune.cli import serve_ray
 from imgtune.cli.common import add_inference_flags
 from imgtune.errors import UserError
 from imgtune.serve import limits as L
@@ -100,6 +101,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest accepted image (width x height)")
     add_limit_flags(p)
     add_inference_flags(p)
+    serve_ray.add_flags(p)
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=run)
 
@@ -198,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_resident is not None and args.max_resident < 1:
         raise UserError("--max-resident must be at least 1")
     preload = [n.strip() for n in args.preload.split(",") if n.strip()]
+    if args.ray:  # replicas of the engine on Ray Serve instead of this process
+        return serve_ray.run(args, adapters, preload, limits)
     check_listen(args.host, args.port)  # before the model: loading takes a while, a taken port is instant
     model = MultiAdapterModel(
         args.base, adapters, args.device, args.precision,
