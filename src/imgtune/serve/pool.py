@@ -156,10 +156,36 @@ class ResidentPool:
                 break
             if self.pins[name] > 0 or len(self.resident) == 1:
                 continue
-            del self.resident[name]
-            self.sizes.pop(name, None)
-            self.evictions += 1
-            self.loader.submit(self._quiet_unload, name)
+            self._evict(name)
+
+    def _evict(self, name: str) -> None:
+        """Off the books now, off the model when the loader gets to it; the caller holds the mutex."""
+        del self.resident[name]
+        self.sizes.pop(name, None)
+        self.evictions += 1
+        self.loader.submit(self._quiet_unload, name)
+
+    def evict(self, names) -> set[str]:
+        """Evict these adapters now where nothing holds them (not pinned, not the last one), for a caller
+        that decides evictions itself (Ray's multiplex LRU). Returns the names settled: evicted, or not
+        resident anyway; the others are still held."""
+        settled = set()
+        with self._mutex:
+            for name in names:
+                if name in self.resident and (self.pins[name] > 0 or len(self.resident) <= 1):
+                    continue
+                if name in self.resident:
+                    self._evict(name)
+                settled.add(name)
+        return settled
+
+    def count_request(self, name: str) -> bool:
+        """Count a request that finds ``name`` resident (a hit) or not (a miss); returns which."""
+        with self._mutex:
+            hit = name in self.resident
+            self.hits += hit
+            self.misses += not hit
+        return hit
 
     def _quiet_unload(self, name: str) -> None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -32,55 +33,34 @@ class AdapterHandle:
 
 
 class MultiplexSync:
-    """Evictions decided by Ray, applied to a ``ResidentPool`` (``imgtune.serve.pool``) whose own caps are off.
-
-    Uses the pool's bookkeeping (its mutex, ``resident``, ``pins``, ``evictions``, the loader queue)
-    the way the pool's own trimming does, so the unload is queued behind any load already asked for."""
+    """Evictions decided by Ray, applied to a ``ResidentPool`` (``imgtune.serve.pool``) whose own caps are
+    off; the pool queues each unload behind any load already asked for."""
 
     def __init__(self, pool):
         if pool.max_resident is not None or getattr(pool, "max_bytes", None) is not None:
             raise ValueError("the pool follows Ray's multiplex LRU: give it no cap of its own")
         self.pool = pool
         self.doomed: set[str] = set()  # evicted by Ray, still on the model: pinned, or the last one
+        self._lock = threading.Lock()
 
     def handle(self, name: str) -> AdapterHandle:
         """Ray has (re)loaded ``name``: a deferred eviction of it is called off."""
-        with self.pool._mutex:
+        with self._lock:
             self.doomed.discard(name)
         return AdapterHandle(name, self)
 
     def evicted(self, name: str) -> None:
         """Ray evicted ``name`` (called from a worker thread): off the model now, or when its pins go."""
-        with self.pool._mutex:
+        with self._lock:
             self.doomed.add(name)
-            self._apply()
+            self.doomed -= self.pool.evict(list(self.doomed))
 
     def settle(self) -> None:
         """Apply the evictions that were waiting; call after unpinning and after each load."""
-        with self.pool._mutex:
+        with self._lock:
             if self.doomed:
-                self._apply()
+                self.doomed -= self.pool.evict(list(self.doomed))
 
     def count_lookup(self, name: str) -> bool:
         """A request for ``name``: a hit if it is on the model now, else a miss; returns which."""
-        with self.pool._mutex:
-            hit = name in self.pool.resident
-            if hit:
-                self.pool.hits += 1
-            else:
-                self.pool.misses += 1
-        return hit
-
-    def _apply(self) -> None:
-        pool = self.pool
-        for name in list(self.doomed):
-            if name not in pool.resident:  # never loaded, or already gone
-                self.doomed.discard(name)
-                continue
-            if pool.pins[name] > 0 or len(pool.resident) <= 1:
-                continue
-            del pool.resident[name]
-            getattr(pool, "sizes", {}).pop(name, None)
-            pool.evictions += 1
-            self.doomed.discard(name)
-            pool.loader.submit(pool._quiet_unload, name)
+        return self.pool.count_request(name)
