@@ -1,12 +1,14 @@
 """The serving wing: one base model, many adapters, micro-batched HTTP classification.
 
 ``catalog`` knows every adapter (metadata only), ``pool`` keeps the resident ones on the base model
-(an LRU cap, pinned while in use, loads on a loader thread), ``engine`` is the only code that runs
-the model, ``batcher`` gathers requests into batches (a bounded queue), ``app`` is the HTTP layer
-(reading and decoding uploads within ``limits``), ``admin`` the token-guarded adapter management,
-``health`` liveness/readiness, ``metrics`` Prometheus metrics and the access log, ``listen`` checks
-the address before the model loads. ``ray`` runs the same API as a Ray Serve application, one engine
-per replica (``ray_app`` below; Ray is imported only when it is called).
+(LRU caps on count and bytes, pinned while in use, loads on a loader thread), ``engine`` is the only
+code that runs the model, ``heads`` each adapter's own classifier head (one backbone pass across class
+counts), ``batcher`` gathers requests into batches (a bounded queue), ``app`` is the HTTP layer (reading
+and decoding uploads within ``limits``), ``schema`` its OpenAPI models and error codes, ``page`` the
+page at ``/`` and the offline ``/docs``, ``admin`` the token-guarded adapter management, ``health``
+liveness/readiness, ``metrics`` Prometheus metrics and the access log, ``listen`` checks the address
+before the model loads. ``ray`` runs the same API as a Ray Serve application, one engine per replica
+(``ray_app`` below; Ray is imported only when it is called).
 
 May import: ``imgtune.errors``, ``imgtune.data``, ``imgtune.rundir``, ``imgtune.preflight``,
 ``imgtune.tuning`` (the method registry, the base model loader) and ``imgtune.inference``. Never the CLI.
