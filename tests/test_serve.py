@@ -364,3 +364,56 @@ def test_every_method_answers_in_a_batch_as_its_own_model(tmp_path, tiny_vit, co
         own = Predictor.from_dir(paths[name], device="cpu", precision="fp32", merge=False)
         want = own.predict([str(images[i])], top_k=3)[0][0]["predictions"]
         assert same_scores(model.top_k(name, row, 3), want, 1e-4), (method, name)
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory, tiny_vit):
+    """A linear probe (head only trained, a whole model saved) on two classes."""
+    root = tmp_path_factory.mktemp("probe")
+    two = write_class_folder(root / "two", per_class=6, classes=TWO)
+    train(tiny_train_config(tiny_vit, two, root / "run", method="linear", epochs=2))
+    return root / "run"
+
+
+def test_a_linear_probe_is_served_as_its_head_on_the_shared_backbone_pass(tiny_vit, runs, probe_run, images):
+    model = MultiAdapterModel(str(tiny_vit), [("a", runs["a"]), ("p", probe_run), ("b", runs["b"])], "cpu", "fp32")
+    assert model.adapters["p"].method == "linear" and "p" not in model.model.peft_config
+    passes = []
+    model.model.base_model.model.vit.register_forward_hook(lambda *_: passes.append(1))
+    names = ["p", "a", "b", "p"]
+    rows = model.probabilities(names, [model.preprocess(n, images[i].read_bytes()) for i, n in enumerate(names)])
+    assert len(passes) == 1  # the probe's rows ride the LoRA adapters' pass, with no adapter applied
+    probe = Predictor.from_dir(probe_run, device="cpu", precision="fp32")
+    for i, (name, row) in enumerate(zip(names, rows)):
+        own = probe if name == "p" else Predictor.from_dir(runs[name], device="cpu", precision="fp32", merge=False)
+        want = own.predict([str(images[i])], top_k=3)[0][0]["predictions"]
+        assert same_scores(model.top_k(name, row, 3), want, 1e-4), name
+    model.remove("p")  # off the model, like an adapter
+    assert "p" not in model.probe_heads
+
+
+def test_a_linear_probe_beside_adapters_that_cannot_route_rows(tmp_path, tiny_vit, colour_folder, probe_run, images):
+    train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "loha", method="loha", epochs=1))
+    model = MultiAdapterModel(str(tiny_vit), [("h", tmp_path / "loha"), ("p", probe_run)], "cpu", "fp32")
+    names = ["p", "h", "p"]
+    rows = model.probabilities(names, [model.preprocess(n, images[i].read_bytes()) for i, n in enumerate(names)])
+    paths = {"h": tmp_path / "loha", "p": probe_run}
+    for i, (name, row) in enumerate(zip(names, rows)):
+        want = Predictor.from_dir(paths[name], device="cpu", precision="fp32", merge=False).predict(
+            [str(images[i])], top_k=3
+        )[0][0]["predictions"]
+        assert same_scores(model.top_k(name, row, 3), want, 1e-4), name
+
+
+def test_whole_models_that_are_not_probes_of_this_base_are_refused(tmp_path, tiny_vit, colour_folder, runs, wide_run):
+    train(tiny_train_config(tiny_vit, colour_folder, tmp_path / "full", method="full", epochs=1))
+    model = MultiAdapterModel(str(tiny_vit), [("a", runs["a"])], "cpu", "fp32")
+    with pytest.raises(UserError, match=r"holds a whole model trained with full \(no adapter\)"):
+        model.add("f", tmp_path / "full")
+    wide_probe = tmp_path / "wide-probe"
+    train(tiny_train_config(wide_run.parent / "wide-vit", colour_folder, wide_probe, method="linear", epochs=1))
+    with pytest.raises(UserError, match=r"is not a linear probe of this base"):
+        model.add("w", wide_probe)
+    assert list(model.adapters) == ["a"]
+    with pytest.raises(UserError, match=r"give at least one adapter run"):
+        MultiAdapterModel(str(tiny_vit), [("p", wide_probe)], "cpu", "fp32")

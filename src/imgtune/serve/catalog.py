@@ -15,7 +15,16 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from imgtune.data.transforms import ImageSpec
 from imgtune.errors import UserError
-from imgtune.rundir import ADAPTER_CONFIG, check_complete, check_head_size, labels_of, method_of, read_json_config
+from imgtune.rundir import (
+    ADAPTER_CONFIG,
+    RUN_CONFIG,
+    check_complete,
+    check_head_size,
+    labels_of,
+    method_of,
+    read_json_config,
+    recorded_settings,
+)
 from imgtune.tuning.methods import Method
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ class Adapter:
     spec: ImageSpec
     trained_on: str | None = None  # the base recorded in adapter_config.json
     handler: Method | None = None  # the registry's method: how its adapters load quietly
-    peft_type: str | None = None
+    peft_type: str | None = None  # None: a linear probe, its trained head on the base's own backbone
 
     def describe(self) -> dict:
         return {
@@ -53,7 +62,13 @@ def check_name(name: str) -> str:
 
 
 def is_adapter_run(path: Path) -> bool:
-    return path.is_dir() and (path / ADAPTER_CONFIG).is_file() and (path / "config.json").is_file()
+    """A peft adapter run, or a run whose imgtune.yaml may say it is a linear probe (read_adapter decides)."""
+    has_config = path.is_dir() and (path / "config.json").is_file()
+    return has_config and ((path / ADAPTER_CONFIG).is_file() or (path / RUN_CONFIG).is_file())
+
+
+def is_head_only(adapter: Adapter) -> bool:
+    return adapter.peft_type is None
 
 
 def read_adapter(name: str, path: str | Path) -> Adapter:
@@ -62,10 +77,12 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
         raise UserError(f"{out} is not an imgtune adapter run (needs adapter_config.json and config.json)")
     check_complete(out)
     labels = labels_of(read_json_config(out, "config.json", AutoConfig.from_pretrained))
-    check_head_size(out, len(labels))
-    peft_config = read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
     method = method_of(out)
     spec = ImageSpec.from_processor(AutoImageProcessor.from_pretrained(out))
+    if not (out / ADAPTER_CONFIG).is_file():
+        return read_linear_probe(check_name(name), out, labels, method, spec)
+    check_head_size(out, len(labels))
+    peft_config = read_json_config(out, ADAPTER_CONFIG, peft.PeftConfig.from_pretrained)
     return Adapter(
         check_name(name),
         out,
@@ -78,6 +95,18 @@ def read_adapter(name: str, path: str | Path) -> Adapter:
         method,
         str(peft_config.peft_type.value),
     )
+
+
+def read_linear_probe(name: str, out: Path, labels: list[str], method: Method, spec: ImageSpec) -> Adapter:
+    """A linear-probe run holds a whole model whose backbone is the base's own: served as its head alone,
+    on the shared backbone pass (the engine checks the backbone when it loads the head)."""
+    if method.name != "linear":
+        raise UserError(
+            f"{out} holds a whole model trained with {method.name} (no adapter): serve it with "
+            "imgtune predict, or as the --base of its own server; adapters and linear probes share a base"
+        )
+    trained_on = recorded_settings(out).get("model")
+    return Adapter(name, out, labels, method.name, True, spec, str(trained_on) if trained_on else None, method, None)
 
 
 class Catalog:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -24,8 +25,8 @@ from imgtune.inference.precision import inference_autocast, resolve_device, reso
 from imgtune.inference.predict import top_k
 from imgtune.preflight import check_model_files, looks_like_path
 from imgtune.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_json_config
-from imgtune.serve.catalog import NAME_PATTERN, Adapter, Catalog, check_name, read_adapter
-from imgtune.serve.heads import SharedHead, fit_heads
+from imgtune.serve.catalog import NAME_PATTERN, Adapter, Catalog, check_name, is_head_only, read_adapter
+from imgtune.serve.heads import SharedHead, fit_heads, read_probe_head
 from imgtune.serve.pool import ResidentPool
 from imgtune.tuning.pretrained import load_base_model
 
@@ -76,6 +77,7 @@ class MultiAdapterModel:
         self.lock = threading.Lock()
         self.base = base
         self.catalog = Catalog(adapter_dirs)
+        self.probe_heads: dict[str, torch.nn.Linear] = {}  # linear probes: a head each, no peft adapter
         start = self._fill_catalog(adapters, preload)
         self.mixed_types = self._check_types()
         self.pool = ResidentPool(self._load_from_disk, self._detach, max_resident, max_resident_bytes)
@@ -102,13 +104,20 @@ class MultiAdapterModel:
         unknown = [n for n in preload if n not in self.adapters]
         if unknown:
             raise UserError(f"--preload {', '.join(unknown)}: no such adapter (known: {', '.join(self.adapters)})")
-        # peft needs one adapter to make its model: the first named, else the first found
-        return list(dict.fromkeys([*names, *preload])) or [next(iter(self.adapters))]
+        # peft needs one adapter to make its model: the first named, else the first found; not a linear probe
+        start = list(dict.fromkeys([*names, *preload])) or [next(iter(self.adapters))]
+        first = next((n for n in [*start, *self.adapters] if not is_head_only(self.adapters[n])), None)
+        if first is None:
+            raise UserError(
+                "linear probes are served on the backbone pass of adapter runs: give at least one adapter run "
+                "(a linear probe alone is a whole model: imgtune predict, or serve it as --base)"
+            )
+        return list(dict.fromkeys([first, *start]))
 
     def _check_types(self) -> bool:
         # A PeftModel holds one peft type only; adapters of several types (LoRA + LoHa + ...) need peft's
         # PeftMixedModel, which has no adapter_names mixed-batch forward: batches are grouped by adapter then.
-        types = {a.peft_type for a in self.adapters.values()}
+        types = {a.peft_type for a in self.adapters.values() if not is_head_only(a)}
         if len(types) <= 1:
             return False
         from peft.tuners.mixed import COMPATIBLE_TUNER_TYPES
@@ -168,6 +177,8 @@ class MultiAdapterModel:
         peft's ``load_adapter`` reads the files itself, so it is not used here; what it does after reading
         (``add_adapter`` + ``set_peft_model_state_dict``, peft 0.21) is done from the already-read state."""
         adapter = self.adapters[name]
+        if is_head_only(adapter):
+            return self._load_probe(adapter)
         if not self.mixed_types and adapter.peft_type != self.peft_type:
             raise UserError(
                 f"adapter {name!r} is {adapter.peft_type} and this server was started with {self.peft_type} "
@@ -183,6 +194,20 @@ class MultiAdapterModel:
             self._attach(adapter, config, weights)
         self._warn_other_base(adapter)
         return sum(t.numel() * t.element_size() for t in weights.values())
+
+    def _load_probe(self, adapter: Adapter) -> int:
+        """A linear probe's head, read (with its backbone checked against this base) outside the lock."""
+        if self.shared_head is None:
+            raise UserError(f"{adapter.name!r} is a linear probe and this base's head is not one Linear layer")
+        plain = self.model.base_model.model  # the transformers model, tensors by their saved names
+        prefix = "base_model.model."
+        head = read_probe_head(adapter.path, self.shared_head.name.removeprefix(prefix), plain.state_dict(),
+                               self.shared_head.in_features)  # fmt: skip
+        head.to(self.device)
+        with self.lock:
+            self.probe_heads[adapter.name] = head
+        self._warn_other_base(adapter)
+        return sum(t.numel() * t.element_size() for t in head.parameters())
 
     @staticmethod
     def _peft_config(adapter: Adapter) -> peft.PeftConfig:
@@ -244,7 +269,7 @@ class MultiAdapterModel:
 
     def _detach(self, name: str) -> None:
         with self.lock:
-            if name not in self.model.peft_config:
+            if self.probe_heads.pop(name, None) is not None or name not in self.model.peft_config:
                 return
             others = [n for n in self.model.peft_config if n != name]
             if not others:  # the pool keeps one adapter on the model: peft cannot hold none
@@ -287,8 +312,7 @@ class MultiAdapterModel:
             with self.lock:  # groups are decided under the lock: an attach may change what can share a pass
                 for key, idx in self._groups(names, pixels, failed, rows).items():
                     try:
-                        probs = self.group_probabilities(key[0] == "mixed", [names[i] for i in idx],
-                                                         [pixels[i] for i in idx])  # fmt: skip
+                        probs = self.group_probabilities(key[0], [names[i] for i in idx], [pixels[i] for i in idx])
                     except Exception as err:  # noqa: BLE001 - only this group's requests get the error
                         probs = [err] * len(idx)
                     for j, i in enumerate(idx):
@@ -304,24 +328,38 @@ class MultiAdapterModel:
             if name in failed or a is None:
                 rows[i] = failed.get(name) or KeyError(name)
                 continue
-            if a.mixed_batch and not self.mixed_types:
-                # the pixels' own shape too: a request decoded for an adapter since replaced under its name
-                # must not break the stacking of the others' rows
-                key = ("mixed", a.spec, tuple(pixels[i].shape), None if self.shared_head else len(a.labels))
+            # the pixels' own shape too: a request decoded for an adapter since replaced under its name
+            # must not break the stacking of the others' rows
+            shape = tuple(pixels[i].shape)
+            if is_head_only(a):  # with LoRA rows as "__base__" where peft can route them, else adapters off
+                key = ("mixed" if self.routes_rows else "base", a.spec, shape, None)
+            elif a.mixed_batch and not self.mixed_types:
+                key = ("mixed", a.spec, shape, None if self.shared_head else len(a.labels))
             else:
                 key = ("single", name)
             groups.setdefault(key, []).append(i)
         return groups
 
-    def group_probabilities(self, mixed: bool, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    @property
+    def routes_rows(self) -> bool:
+        """Whether peft's adapter_names forward applies here (LoRA adapters only, in one PeftModel)."""
+        return not self.mixed_types and self.peft_type == "LORA"
+
+    def group_probabilities(self, kind: str, names: list[str], pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``kind``: "mixed" (adapter_names), "single" (one adapter active) or "base" (adapters off: probes)."""
         spec = self.adapters[names[0]].spec
         batch = self.normalizers[spec](stack_images(pixels).to(self.device))
+        shared = kind == "base" or (kind == "mixed" and (len(set(names)) > 1 or names[0] in self.probe_heads))
         with inference_autocast(self.precision, self.device.type):
-            if mixed and len(set(names)) > 1 and self.shared_head is not None:
-                with self.shared_head.features(self.model):
-                    features = self.forward_leaving_no_hooks(pixel_values=batch, adapter_names=names)
-                return [row.float().softmax(dim=-1).cpu() for row in self.shared_head.logits(features, names)]
-            if mixed and len(set(names)) > 1:
+            if shared and self.shared_head is not None:
+                routes = ["__base__" if n in self.probe_heads else n for n in names]
+                off = self.model.disable_adapter() if kind == "base" else contextlib.nullcontext()
+                with off, self.shared_head.features(self.model):
+                    inputs = {} if kind == "base" else {"adapter_names": routes}
+                    features = self.forward_leaving_no_hooks(pixel_values=batch, **inputs)
+                rows = self.shared_head.logits(features, names, self.probe_heads)
+                return [row.float().softmax(dim=-1).cpu() for row in rows]
+            if shared:
                 logits = self.forward_leaving_no_hooks(pixel_values=batch, adapter_names=names)
             else:
                 # LoHa/LoKr/IA3/OFT/VeRA ignore adapter_names silently: switch the active adapter (when it

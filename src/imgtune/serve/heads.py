@@ -14,11 +14,14 @@ hence this module.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from peft.utils.other import ModulesToSaveWrapper
+from safetensors import safe_open
 
 from imgtune.errors import UserError
 
@@ -79,7 +82,7 @@ class SharedHead:
     @classmethod
     def of(cls, model: torch.nn.Module) -> SharedHead | None:
         wrappers = head_wrappers(model)
-        if len(wrappers) != 1:
+        if len(wrappers) != 1 or not isinstance(next(iter(wrappers.values())).original_module, torch.nn.Linear):
             return None
         (name, wrapper), *_ = wrappers.items()
         return cls(name, wrapper)
@@ -94,13 +97,63 @@ class SharedHead:
         finally:
             model.set_submodule(self.name, self.wrapper)
 
-    def logits(self, features: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
-        """One logits row per image, each from its own adapter's head (rows of different widths)."""
+    @property
+    def in_features(self) -> int:
+        return self.wrapper.original_module.in_features
+
+    def logits(
+        self, features: torch.Tensor, names: list[str], probes: dict[str, torch.nn.Module] | None = None
+    ) -> list[torch.Tensor]:
+        """One logits row per image, each from its own adapter's head (rows of different widths);
+        ``probes``: the heads of linear probes, which peft does not hold."""
         rows: list[torch.Tensor | None] = [None] * len(names)
-        heads = self.wrapper.modules_to_save
+        heads, probes = self.wrapper.modules_to_save, probes or {}
         for name in dict.fromkeys(names):
             idx = [i for i, n in enumerate(names) if n == name]
-            head = heads[name] if name in heads else self.wrapper.original_module
+            if name in probes:
+                head = probes[name]
+            else:
+                head = heads[name] if name in heads else self.wrapper.original_module
             for i, row in zip(idx, head(features[idx])):
                 rows[i] = row
         return rows
+
+
+# the backbone tensors compared with the base's before a linear probe's head is served on it
+BACKBONE_SAMPLES = 3
+
+
+def probe_files(run: Path) -> dict[str, Path]:
+    """tensor name -> the safetensors file that holds it, for a whole model saved in one file or sharded."""
+    index = run / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: run / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    with safe_open(run / "model.safetensors", framework="pt") as f:
+        return dict.fromkeys(f.keys(), run / "model.safetensors")
+
+
+def read_tensor(files: dict[str, Path], key: str) -> torch.Tensor:
+    with safe_open(files[key], framework="pt") as f:
+        return f.get_tensor(key)
+
+
+def read_probe_head(run: Path, head: str, base_state: dict[str, torch.Tensor], in_features: int) -> torch.nn.Linear:
+    """A linear probe's head as a Linear, after checking that its backbone is the base's: a few backbone
+    tensors, first, middle and last, must be the base's own (a probe trains the head only). Reads only
+    those tensors and the head's, whatever the size of the saved model. ``head``: the head's module name
+    in the plain model ("classifier"); ``base_state``: the served base's tensors, by the same names."""
+    files = probe_files(run)
+    shared = [k for k in files if k in base_state and not k.startswith(f"{head}.")]
+    picks = sorted({shared[0], shared[len(shared) // 2], shared[-1]}) if shared else []
+    changed = [k for k in picks if not torch.equal(read_tensor(files, k), base_state[k].detach().cpu())]
+    if not picks or changed or f"{head}.weight" not in files:
+        why = f"{changed[0]} differs" if changed else f"no {head}.weight and backbone tensors by this base's names"
+        raise UserError(f"{run} is not a linear probe of this base ({why}): serve it on the base it was trained on")
+    weight = read_tensor(files, f"{head}.weight")
+    if weight.shape[1] != in_features:
+        raise UserError(f"{run}: its {head} takes {weight.shape[1]} features, this base gives {in_features}")
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=f"{head}.bias" in files, dtype=weight.dtype)
+    layer.weight.data.copy_(weight)
+    if layer.bias is not None:
+        layer.bias.data.copy_(read_tensor(files, f"{head}.bias"))
+    return layer.requires_grad_(False).eval()
