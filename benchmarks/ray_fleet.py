@@ -16,7 +16,9 @@ split the same two cores, and Ray's proxy, ingress and controller take their sha
 
 Each fleet runs in a process of its own session (``python benchmarks/ray_fleet.py --serve SPEC``) that starts a
 local Ray (``num_cpus``, no dashboard) and the app through the Python API (``imgtune.serve.ray_app``); stopping
-it deletes the app and ends that Ray, and the process group is killed if anything lingers.
+it deletes the app and ends that Ray, and the process group is killed if anything lingers. ``stop`` returns
+the processes of the fleet still alive afterwards (none, when all went well); ``stop_all`` stops every fleet
+this process started and has not stopped (for a caller's ``finally``).
 
     PYTHONPATH=src python benchmarks/ray_fleet.py --try BASE ADAPTER_DIR IMAGE   # both routings, a short Zipf run
 """
@@ -37,6 +39,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTINGS = ("adapter", "random")
+REPORT_LAG = 2.5  # seconds: replicas report their counters every second (imgtune.serve.ray.metrics), then /metrics
+REPLICA_TITLE = "ImgtuneReplica"  # in the process title Ray gives a replica's actor (ray::ServeReplica:...)
+STARTED: list[RayFleet] = []  # fleets started and not stopped yet
 
 
 @dataclass
@@ -48,6 +53,7 @@ class RayFleet:
     start_seconds: float = 0.0
     replicas: int = 2
     extra: dict = field(default_factory=dict)
+    report_lag: float = REPORT_LAG  # how long /metrics lags behind the replicas' counters
 
     @property
     def pids(self) -> list[int]:
@@ -66,10 +72,32 @@ class RayFleet:
                 total += psutil.Process(pid).memory_info().rss
         return total
 
-    def stop(self, timeout: float = 60) -> None:
+    def replica_rss(self) -> int:
+        """The replicas' processes alone (what one `imgtune serve` process is to each of them)."""
+        import psutil
+
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if any(REPLICA_TITLE in part for part in proc.cmdline()):
+                    total += proc.memory_info().rss
+        return total
+
+    def stop(self, timeout: float = 60) -> list[str]:
         """SIGTERM to the driver alone (it deletes the app and stops its Ray: a signal to the whole group would
-        kill Ray's agents under it first), then SIGKILL to whatever of its session is left."""
+        kill Ray's agents under it first), then SIGKILL to whatever of its session is left. Returns the
+        processes of the fleet (read just before stopping it) still alive 5 s later, as "PID NAME"."""
+        import psutil
+
         proc = self.procs[0]
+        if self in STARTED:
+            STARTED.remove(self)
+        before = []
+        with contextlib.suppress(psutil.Error):
+            for pid in self.pids:
+                with contextlib.suppress(psutil.Error):
+                    before.append(psutil.Process(pid))
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -79,6 +107,13 @@ class RayFleet:
                 proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(before, timeout=5)
+        left = []
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.pid} {p.name()}")
+        return left
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -112,6 +147,7 @@ def start_ray(
         proc = subprocess.Popen([sys.executable, __file__, "--serve", str(spec)], stdout=out, stderr=subprocess.STDOUT,
                                 env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)  # fmt: skip
     fleet = RayFleet(f"R-{routing}", f"http://127.0.0.1:{port}", [proc], log, replicas=replicas)
+    STARTED.append(fleet)
     started, deadline = time.perf_counter(), time.monotonic() + timeout
     while True:
         with contextlib.suppress(httpx.TransportError):
@@ -122,6 +158,14 @@ def start_ray(
             fleet.stop()
             raise RuntimeError(f"the Ray fleet did not start:\n{fleet.tail()}")
         time.sleep(0.5)
+
+
+def stop_all() -> list[str]:
+    """Stop every fleet started here and not stopped yet; the processes left, as ``RayFleet.stop`` says."""
+    left = []
+    for fleet in list(STARTED):
+        left += fleet.stop()
+    return left
 
 
 def serve_spec(spec_path: str) -> None:
