@@ -54,7 +54,7 @@ TRAIN_FLAGS: dict[str, tuple[Callable | None, str]] = {
     "--dropout": (float, "adapter dropout"),
     "--method-options": (json_dict, "extra peft config values as JSON, e.g. '{\"init_r\": 12}'"),
     "--lr": (learning_rate, "learning rate, or auto: a range test on a copy of the model picks it (lr_find.png)"),
-    "--epochs": (int, "number of epochs (default: enough for about 600 optimizer steps, 5 to 50)"),
+    "--epochs": (int, "number of epochs (default: enough for about 1000 optimizer steps, 5 to 50)"),
     "--batch-size": (int, "images per batch per process (default: 128 on a GPU, 32 on a CPU, less for small data)"),
     "--eval-batch-size": (int, "images per evaluation batch"),
     "--grad-accum": (int, "gradient accumulation steps"),
