@@ -71,14 +71,14 @@ def test_rules_fit_small_data_and_keep_large_data_as_the_seeds_had_it():
     # 384 px photos, the seeds' 8% for large ones
     assert auto_batch(75_750, "cuda", 1, 1)[0] == 128
     assert auto_epochs(592)[0] == 5
-    assert auto_crop(ImageStats(384, 64), 224)[0][0] <= 0.3
-    assert auto_crop(ImageStats(800, 64), 224)[0] == [0.08, 1.0]
+    assert auto_crop(ImageStats(384), 224)[0][0] <= 0.3
+    assert auto_crop(ImageStats(800), 224)[0] == [0.08, 1.0]
     # a few thousand small digits on a CPU: >= 20 steps an epoch, ~1000 steps in all, mild crops
     batch = auto_batch(1_300, "cpu", 1, 1)[0]
     assert batch <= 32 and 1_300 / batch >= 20
     epochs = auto_epochs(int(np.ceil(1_300 / batch)))[0]
     assert 900 <= epochs * np.ceil(1_300 / batch) <= 1100
-    assert 0.5 <= auto_crop(ImageStats(28, 64), 32)[0][0] <= 0.85
+    assert 0.5 <= auto_crop(ImageStats(28), 32)[0][0] <= 0.85
     # tiny data: the smallest batch, at most 50 epochs
     assert auto_batch(20, "cpu", 1, 1)[0] == 8 and auto_epochs(3)[0] == 50
 

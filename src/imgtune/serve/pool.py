@@ -8,7 +8,8 @@ pinned and never evicted; when every resident adapter is pinned the cap is excee
 restored when the pins go.
 
 The counters are plain attributes for whoever exposes metrics: ``loads``, ``evictions``, ``hits``,
-``misses``, ``load_seconds``, per adapter ``load_counts``, ``last_error`` and ``sizes`` (bytes).
+``misses``, ``load_seconds``, per adapter ``load_counts`` and ``last_error``; ``resident`` maps each resident
+adapter to the bytes its weights take.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ class ResidentPool:
             raise ValueError("max_bytes must be at least 1")
         self._load, self._unload = load, unload
         self.max_resident, self.max_bytes = max_resident, max_bytes
-        self.sizes: dict[str, int] = {}
-        self.resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self.resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self.pins: Counter[str] = Counter()
         self.loads = self.evictions = self.hits = self.misses = 0
         self.load_seconds = 0.0
@@ -113,8 +113,7 @@ class ResidentPool:
     def mark_resident(self, name: str, seconds: float = 0.0, size: int = 0) -> None:
         """An adapter loaded outside the pool (the first one, which makes the peft model)."""
         with self._mutex:
-            self.resident[name] = None
-            self.sizes[name] = size
+            self.resident[name] = size
             self._count_load(name, seconds)
 
     def _count_load(self, name: str, seconds: float) -> None:
@@ -133,15 +132,14 @@ class ResidentPool:
                 self._loading.pop(name, None)
             raise
         with self._mutex:
-            self.resident[name] = None
-            self.sizes[name] = int(size or 0)
+            self.resident[name] = int(size or 0)
             self._count_load(name, time.perf_counter() - start)
             self._loading.pop(name, None)
             self._trim()
 
     @property
     def resident_bytes(self) -> int:
-        return sum(self.sizes.get(name, 0) for name in list(self.resident))
+        return sum(list(self.resident.values()))
 
     def _over_cap(self) -> bool:
         over_count = self.max_resident is not None and len(self.resident) > self.max_resident
@@ -161,7 +159,6 @@ class ResidentPool:
     def _evict(self, name: str) -> None:
         """Off the books now, off the model when the loader gets to it; the caller holds the mutex."""
         del self.resident[name]
-        self.sizes.pop(name, None)
         self.evictions += 1
         self.loader.submit(self._quiet_unload, name)
 
@@ -198,7 +195,6 @@ class ResidentPool:
         with self._mutex:
             was_resident = name in self.resident
             self.resident.pop(name, None)
-            self.sizes.pop(name, None)
         if was_resident:
             self.loader.submit(self._unload, name).result()
         self.last_error.pop(name, None)
@@ -209,7 +205,7 @@ class ResidentPool:
     def state_of(self, name: str) -> dict:
         return {
             "resident": name in self.resident,
-            "bytes": self.sizes.get(name, 0) if name in self.resident else None,
+            "bytes": self.resident.get(name),
             "loads": self.load_counts[name],
             "last_error": self.last_error.get(name),
         }

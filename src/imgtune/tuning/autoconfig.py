@@ -65,7 +65,6 @@ SAMPLE_IMAGES = 64  # headers only (PIL reads the size without decoding): millis
 @dataclass
 class ImageStats:
     short_side: float  # median over the sample, in pixels
-    sampled: int
 
 
 def look_at_images(rows, seed: int, count: int = SAMPLE_IMAGES) -> ImageStats | None:
@@ -83,7 +82,7 @@ def look_at_images(rows, seed: int, count: int = SAMPLE_IMAGES) -> ImageStats | 
                 sides.append(min(img.size))
         except Exception:  # a bad file is the loader's to count and report
             continue
-    return ImageStats(float(np.median(sides)), len(sides)) if sides else None
+    return ImageStats(float(np.median(sides))) if sides else None
 
 
 def steps_per_epoch(images: int, batch_size: int, processes: int, grad_accum: int) -> int:
